@@ -1,0 +1,1 @@
+"""One module per ``vitkit`` sub-command: ``HELP``, ``add_arguments(parser)``, ``run(args)``."""

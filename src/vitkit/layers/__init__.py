@@ -1,0 +1,10 @@
+"""Building blocks shared by the model families."""
+from vitkit.layers.attention import Attention
+from vitkit.layers.block import Block, DropPath, LayerScale
+from vitkit.layers.helpers import to_2tuple
+from vitkit.layers.mlp import Mlp
+from vitkit.layers.patch_embed import HybridEmbed, PatchEmbed, build_resnet_trunk
+from vitkit.layers.pos_embed import resample_pos_embed
+
+__all__ = ["Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "HybridEmbed",
+           "build_resnet_trunk", "resample_pos_embed", "to_2tuple"]

@@ -1,0 +1,86 @@
+"""Patch embedding (ViT eq. 1: x_p^i E) and the hybrid CNN-feature patch source."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from vitkit.errors import VitkitError
+from vitkit.layers.helpers import to_2tuple
+
+
+class PatchEmbed(nn.Module):
+    """Split (B, C, H, W) into p x p patches and project each to D: a stride-p convolution.
+
+    Equivalent to flattening patches to (B, N, C p^2) and multiplying by E (C p^2, D).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size)
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise VitkitError(
+                f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}; "
+                f"resize or crop the images to a multiple of {ph}"
+            )
+        return h // ph, w // pw
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        grid = self.grid(*x.shape[-2:])
+        x = self.proj(x)  # (B, D, gh, gw)
+        return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
+
+
+_RESNETS = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34, "resnet50": resnet.resnet50,
+            "resnet101": resnet.resnet101}
+
+
+def build_resnet_trunk(name: str, in_chans: int, num_stages: int) -> tuple[nn.Sequential, int, int]:
+    """torchvision ResNet stem + the first ``num_stages`` stages, randomly initialised.
+
+    Returns (trunk, out_channels, stride). Module names follow torchvision (conv1, bn1, layer1..).
+    """
+    if name not in _RESNETS:
+        raise VitkitError(f"unknown hybrid backbone '{name}'; choose one of {', '.join(_RESNETS)}")
+    if not 1 <= num_stages <= 4:
+        raise VitkitError(f"hybrid_stages must be 1..4, got {num_stages}")
+    net = _RESNETS[name](weights=None)
+    if in_chans != 3:
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    parts = [("conv1", net.conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool)]
+    parts += [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, num_stages + 1)]
+    trunk = nn.Sequential(OrderedDict(parts))
+    last = getattr(net, f"layer{num_stages}")[-1]
+    channels = last.bn3.num_features if hasattr(last, "bn3") else last.bn2.num_features
+    return trunk, channels, 4 * 2 ** (num_stages - 1)
+
+
+class HybridEmbed(nn.Module):
+    """Hybrid ViT patch source (Dosovitskiy et al. §3.1): CNN feature map -> p x p patches -> D."""
+
+    def __init__(self, backbone: str, num_stages: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.backbone, channels, self.stride = build_resnet_trunk(backbone, in_chans, num_stages)
+        self.in_chans = in_chans
+        self.patch = PatchEmbed(patch_size, channels, embed_dim)
+        self.patch_size = tuple(p * self.stride for p in self.patch.patch_size)
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise VitkitError(
+                f"image size {h}x{w} is not divisible by the hybrid model's total stride {ph}x{pw} "
+                f"(CNN stride {self.stride} x patch size {self.patch.patch_size[0]}); resize the images"
+            )
+        return h // ph, w // pw
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        self.grid(*x.shape[-2:])
+        return self.patch(self.backbone(x))  # (B, N, D), grid

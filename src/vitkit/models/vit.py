@@ -1,0 +1,249 @@
+"""Vision Transformer (Dosovitskiy et al., ICLR 2021) with DeiT distillation and hybrid stems.
+
+    z0  = [x_cls; (x_dist;) x_p^1 E; ...; x_p^N E] + E_pos          (eq. 1)
+    z'l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'l)) + z'l     (eqs. 2-3)
+    y   = head(LN(z_L^0))  or  head(fc_norm(mean_i z_L^i))           (eq. 4)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vitkit.errors import VitkitError
+from vitkit.layers import Block, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
+from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.registry import register_family, register_presets
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    init_values: float | None = None  # layer-scale init; None = off
+    class_token: bool = True
+    global_pool: Literal["token", "avg"] = "token"
+    fc_norm: bool | None = None  # None: LayerNorm after pooling iff global_pool == "avg"
+    distilled: bool = False  # DeiT distillation token + second head
+    drop_rate: float = 0.0  # dropout on the pooled features and after the pos-embedding
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    norm_eps: float = 1e-6
+    hybrid_backbone: str | None = None  # e.g. "resnet50": its feature map is the patch source
+    hybrid_stages: int = 3
+    grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise VitkitError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.global_pool == "token" and not self.class_token:
+            raise VitkitError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
+        if self.distilled and not self.class_token:
+            raise VitkitError("a distilled ViT needs class_token=True")
+        for name in ("depth", "num_heads", "patch_size", "in_chans", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise VitkitError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+
+
+class DistilledOutput(NamedTuple):
+    """Training-time output of a distilled ViT: class-token and distillation-token logits."""
+
+    logits: torch.Tensor
+    dist_logits: torch.Tensor
+
+
+@register_family
+class VisionTransformer(VitkitModel):
+    family = "vit"
+    config_cls = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        d = c.embed_dim
+        if c.hybrid_backbone:
+            self.patch_embed = HybridEmbed(c.hybrid_backbone, c.hybrid_stages, c.patch_size, c.in_chans, d)
+        else:
+            self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, d)
+        self.grid = self.patch_embed.grid(*to_2tuple(c.img_size))
+        self.num_prefix = int(c.class_token) + int(c.distilled)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if c.distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], d))
+        self.pos_drop = nn.Dropout(c.drop_rate)
+        dpr = [x.item() for x in torch.linspace(0, c.drop_path_rate, c.depth)]
+        self.blocks = nn.ModuleList(
+            Block(d, c.num_heads, c.mlp_ratio, c.qkv_bias, c.qk_norm, c.init_values, c.drop_rate,
+                  c.attn_drop_rate, dpr[i], c.norm_eps)
+            for i in range(c.depth)
+        )
+        use_fc_norm = c.global_pool == "avg" if c.fc_norm is None else c.fc_norm
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(d, eps=c.norm_eps)
+        self.fc_norm = nn.LayerNorm(d, eps=c.norm_eps) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(c.drop_rate)
+        self.head = nn.Linear(d, c.num_classes) if c.num_classes else nn.Identity()
+        self.head_dist = nn.Linear(d, c.num_classes) if c.distilled and c.num_classes else None
+        self.num_features = d
+        stride = self.patch_embed.patch_size[0]
+        self.feature_info = [FeatureInfo(d, stride) for _ in range(c.depth)]
+        self.grad_checkpointing = c.grad_checkpointing
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Truncated-normal(0.02) for tokens, pos-embedding and linear layers (as in ViT/DeiT)."""
+        for p in (self.pos_embed, self.cls_token, self.dist_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Prepend prefix tokens and add E_pos (resampled on the fly for another grid)."""
+        pos = resample_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        x = torch.cat(prefix + [x], dim=1) if prefix else x  # (B, P + N, D)
+        return self.pos_drop(x + pos)
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        self.check_input(x)
+        x, grid = self.patch_embed(x)  # (B, N, D)
+        return self._pos_embed(x, grid), grid
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, P + N, D)."""
+        x, _ = self._embed(x)
+        for block in self.blocks:
+            x = self._run_block(block, x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, P + N, D) -> (B, D): class token or mean of the patch tokens."""
+        if self.config.global_pool == "avg":
+            return x[:, self.num_prefix:].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False):
+        """Logits (B, classes); a distilled model averages its two heads at eval and
+        returns both as :class:`DistilledOutput` while training."""
+        x = self.head_drop(self.fc_norm(self.pool(feats)))  # (B, D)
+        if self.head_dist is None:
+            return x if pre_logits else self.head(x)
+        x_dist = self.head_drop(feats[:, 1])
+        if pre_logits:
+            return (x + x_dist) / 2
+        logits, dist_logits = self.head(x), self.head_dist(x_dist)
+        if self.training:
+            return DistilledOutput(logits, dist_logits)
+        return (logits + dist_logits) / 2
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None,
+                              norm: bool = False) -> list[torch.Tensor]:
+        """Outputs of the blocks at ``indices`` as NCHW maps (B, D, H/p, W/p)."""
+        take = set(self.resolve_indices(indices, len(self.blocks)))
+        x, (gh, gw) = self._embed(x)
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = self._run_block(block, x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                y = y[:, self.num_prefix:].transpose(1, 2)  # (B, D, N)
+                outs.append(y.reshape(y.shape[0], -1, gh, gw))  # (B, D, gh, gw)
+            if i == max(take):
+                break
+        return outs
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample a saved E_pos to this model's patch grid (load at another image size)."""
+        pos = state_dict.get("pos_embed")
+        if pos is not None and pos.shape != self.pos_embed.shape:
+            n_old = pos.shape[1] - self.num_prefix
+            side = int(math.isqrt(n_old))
+            if side * side != n_old:
+                raise VitkitError(
+                    f"saved pos_embed has {n_old} patch positions, not a square grid; "
+                    "load it at the image size it was saved with"
+                )
+            state_dict = dict(state_dict, pos_embed=resample_pos_embed(pos, self.grid, (side, side), self.num_prefix))
+        return state_dict
+
+
+def _vit(**kw) -> ViTConfig:
+    return ViTConfig(**kw)
+
+
+_SIZES = {  # name: (embed_dim, depth, num_heads) — SPEC §1 / timm reference sizes
+    "tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
+    "large": (1024, 24, 16), "huge": (1280, 32, 16),
+}
+
+
+def _paper_presets() -> dict[str, ViTConfig]:
+    out = {}
+    for size, (d, depth, heads) in _SIZES.items():
+        for patch in ((14,) if size == "huge" else (16, 32)):
+            out[f"vit_{size}_patch{patch}_224"] = _vit(patch_size=patch, embed_dim=d, depth=depth, num_heads=heads)
+    for size in ("tiny", "small", "base"):
+        d, depth, heads = _SIZES[size]
+        out[f"deit_{size}_patch16_224"] = _vit(embed_dim=d, depth=depth, num_heads=heads)
+        out[f"deit_{size}_distilled_patch16_224"] = _vit(embed_dim=d, depth=depth, num_heads=heads, distilled=True)
+    for backbone, d, depth, heads in (("resnet18", 384, 12, 6), ("resnet50", 768, 12, 12)):
+        out[f"vit_hybrid_{backbone}_224"] = _vit(patch_size=1, embed_dim=d, depth=depth, num_heads=heads,
+                                                 hybrid_backbone=backbone, hybrid_stages=3)
+    return out
+
+
+def _small_image_presets() -> dict[str, ViTConfig]:
+    """Sized for CPU training on 8-32 px data (digits, Fashion-MNIST, CIFAR-like)."""
+    mini = dict(embed_dim=192, depth=6, num_heads=3, num_classes=10)
+    return {
+        "vit_mini_patch2_8": _vit(img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=4, num_heads=4,
+                                  num_classes=10),
+        "vit_mini_patch4_28": _vit(img_size=28, patch_size=4, in_chans=1, **mini),
+        "vit_mini_patch2_28": _vit(img_size=28, patch_size=2, in_chans=1, **mini),
+        "vit_mini_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, **mini),
+        "vit_small_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, embed_dim=384, depth=12,
+                                    num_heads=6, num_classes=10),
+        "deit_mini_distilled_patch4_28": _vit(img_size=28, patch_size=4, in_chans=1, distilled=True, **mini),
+        "vit_hybrid_mini_resnet18_32": _vit(img_size=32, patch_size=1, in_chans=3, hybrid_backbone="resnet18",
+                                            hybrid_stages=2, **mini),
+    }
+
+
+def _test_presets() -> dict[str, ViTConfig]:
+    """Tiny models for unit tests (well under a second each)."""
+    tiny = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, mlp_ratio=2.0)
+    return {
+        "vit_test": _vit(**tiny),
+        "vit_test_avg": _vit(**dict(tiny, class_token=False, global_pool="avg")),
+        "deit_test_distilled": _vit(**dict(tiny, distilled=True)),
+        "vit_hybrid_test": _vit(**dict(tiny, img_size=32, patch_size=1, hybrid_backbone="resnet18",
+                                       hybrid_stages=2)),
+    }
+
+
+register_presets(VisionTransformer, _paper_presets(), tags=("vit",))
+register_presets(VisionTransformer, _small_image_presets(), tags=("vit", "small"))
+register_presets(VisionTransformer, _test_presets(), tags=("vit", "test"))
