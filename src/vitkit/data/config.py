@@ -1,0 +1,56 @@
+"""The data configuration (one typed dataclass) and what :func:`build_data` returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+DATASETS = ("digits", "fashion-mnist", "imagefolder", "seg-canvas", "seg-folder")
+AUGMENTS = ("none", "basic", "randaugment")
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to load and how to augment it; every field has a default."""
+
+    name: str = "digits"  # digits | fashion-mnist | imagefolder | seg-canvas | seg-folder
+    data_dir: str | None = None
+    img_size: int | None = None  # None = native size (digits 8, fashion-mnist 28, canvas canvas_size)
+    val_fraction: float = 0.1  # held-out fraction when one folder (or digits) is split by seed
+    seed: int = 0
+    augment: str = "basic"  # none | basic (random crop with padding + horizontal flip) | randaugment
+    crop_padding: int = 2
+    hflip: bool = True
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    limit_train: int | None = None  # keep a seeded subset of N training items (quick runs)
+    limit_val: int | None = None
+    canvas_size: int = 64
+    canvas_items: int = 3
+    canvas_train_size: int = 6000  # number of generated training canvases
+    canvas_val_size: int = 1000
+
+
+@dataclass
+class DataBundle:
+    """Train/val datasets plus everything a model and a trainer need to know about them.
+
+    Items are ``(image, target)``: image a normalised float tensor (C, H, W); target an int
+    label (classification) or a LongTensor mask (H, W) of class indices (segmentation).
+    """
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    task: str  # "classification" | "segmentation"
+    num_classes: int
+    in_chans: int
+    img_size: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    batch_transform: Callable | None  # (images, labels) -> (images, soft targets (B, classes))
+    ignore_index: int = IGNORE_INDEX

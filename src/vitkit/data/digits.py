@@ -1,0 +1,42 @@
+"""scikit-learn's embedded handwritten digits (1,797 images, 8x8, 1 channel, 10 classes)."""
+from __future__ import annotations
+
+import torch
+
+from vitkit.data.config import DataBundle, DataConfig
+from vitkit.data.datasets import ArrayDataset, seeded_subset, stratified_split
+from vitkit.data.transforms import build_batch_transform, classification_transform, float_stats
+
+NATIVE_SIZE = 8
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits as float images (N, 1, 8, 8) in 0..1 (pixel scale 0..16 -> 0..1) and labels (N,)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    return images, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+def build_digits(cfg: DataConfig) -> DataBundle:
+    """Digits split into train/val by a seeded stratified ``val_fraction``."""
+    images, labels = load_digits_tensors()
+    train_idx, val_idx = stratified_split(labels.tolist(), cfg.val_fraction, cfg.seed)
+    mean, std = float_stats(images[train_idx])
+    img_size = cfg.img_size or NATIVE_SIZE
+    make = lambda idx, train: ArrayDataset(  # noqa: E731
+        images[idx], labels[idx], classification_transform(cfg, NATIVE_SIZE, img_size, mean, std, train)
+    )
+    return DataBundle(
+        train=seeded_subset(make(train_idx, True), cfg.limit_train, cfg.seed, "limit_train"),
+        val=seeded_subset(make(val_idx, False), cfg.limit_val, cfg.seed, "limit_val"),
+        task="classification",
+        num_classes=10,
+        in_chans=1,
+        img_size=img_size,
+        class_names=[str(d) for d in range(10)],
+        mean=mean,
+        std=std,
+        batch_transform=build_batch_transform(cfg, "classification", 10),
+    )
