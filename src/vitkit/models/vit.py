@@ -86,7 +86,7 @@ class VisionTransformer(VitkitModel):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if c.distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], d))
         self.pos_drop = nn.Dropout(c.drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, c.drop_path_rate, c.depth)]
+        dpr = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic-depth ramp
         self.blocks = nn.ModuleList(
             Block(d, c.num_heads, c.mlp_ratio, c.qkv_bias, c.qk_norm, c.init_values, c.drop_rate,
                   c.attn_drop_rate, dpr[i], c.norm_eps)
@@ -178,7 +178,8 @@ class VisionTransformer(VitkitModel):
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a saved E_pos to this model's patch grid (load at another image size)."""
         pos = state_dict.get("pos_embed")
-        if pos is not None and pos.shape != self.pos_embed.shape:
+        saved_prefix = int("cls_token" in state_dict) + int("dist_token" in state_dict)
+        if pos is not None and pos.shape != self.pos_embed.shape and saved_prefix == self.num_prefix:
             n_old = pos.shape[1] - self.num_prefix
             side = int(math.isqrt(n_old))
             if side * side != n_old:

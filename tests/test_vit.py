@@ -1,0 +1,162 @@
+"""ViT specifics: SPEC §1 equations, pooling, distillation, pos-embedding resampling, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitkit
+from vitkit.errors import VitkitError
+from vitkit.layers import resample_pos_embed
+from vitkit.models.vit import DistilledOutput
+
+
+def _literal_vit(model, x):
+    """A slow, literal transcription of SPEC §1 (eqs. 1-4) using the model's weights."""
+    c = model.config
+    p = c.patch_size
+    b, ch, h, w = x.shape
+    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, ch * p * p)  # (B, N, C p^2)
+    E = model.patch_embed.proj.weight.reshape(c.embed_dim, -1).T  # (C p^2, D)
+    z = patches @ E + model.patch_embed.proj.bias
+    prefix = [t.expand(b, -1, -1) for t in (model.cls_token, model.dist_token) if t is not None]
+    z = torch.cat(prefix + [z], 1) + model.pos_embed
+    dh = c.embed_dim // c.num_heads
+    for blk in model.blocks:
+        y = F.layer_norm(z, (c.embed_dim,), blk.norm1.weight, blk.norm1.bias, c.norm_eps)
+        q, k, v = (y @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).chunk(3, dim=-1)
+        heads = []
+        for i in range(c.num_heads):
+            s = slice(i * dh, (i + 1) * dh)
+            a = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / dh**0.5, dim=-1)
+            heads.append(a @ v[..., s])
+        z = z + blk.attn.proj(torch.cat(heads, -1))
+        y = F.layer_norm(z, (c.embed_dim,), blk.norm2.weight, blk.norm2.bias, c.norm_eps)
+        z = z + blk.mlp.fc2(F.gelu(blk.mlp.fc1(y)))
+    if c.global_pool == "avg":
+        pooled = model.fc_norm(z[:, model.num_prefix:].mean(1))
+    else:
+        pooled = model.norm(z)[:, 0]
+    return model.head(pooled)
+
+
+@pytest.mark.parametrize("name", ["vit_test", "vit_test_avg"])
+def test_matches_literal_equations(name):
+    model = vitkit.create_model(name).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _literal_vit(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_distilled_heads_train_tuple_eval_average():
+    model = vitkit.create_model("deit_test_distilled")
+    x = torch.randn(2, 3, 16, 16)
+    model.train()
+    out = model(x)
+    assert isinstance(out, DistilledOutput) and out.logits.shape == out.dist_logits.shape == (2, 5)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        expected = (model.head(feats[:, 0]) + model.head_dist(feats[:, 1])) / 2
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_pre_logits_gives_features():
+    model = vitkit.create_model("vit_test").eval()
+    feats = model.forward_features(torch.randn(2, 3, 16, 16))
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+
+
+def test_resample_identity_and_constant_field():
+    pos = torch.randn(1, 1 + 16, 8)
+    assert resample_pos_embed(pos, (4, 4), (4, 4)) is pos
+    const = torch.ones(1, 1 + 16, 8)
+    const[:, 0] = 7.0
+    out = resample_pos_embed(const, (6, 3), (4, 4))
+    assert out.shape == (1, 1 + 18, 8)
+    torch.testing.assert_close(out[:, 0], const[:, 0])
+    torch.testing.assert_close(out[:, 1:], torch.ones(1, 18, 8))
+
+
+def test_any_divisible_size_and_non_square_at_call_time():
+    model = vitkit.create_model("vit_test").eval()
+    for h, w in [(16, 16), (32, 16), (8, 24)]:
+        assert model(torch.randn(1, 3, h, w)).shape == (1, 5)
+    maps = model.forward_intermediates(torch.randn(1, 3, 32, 16), [-1])
+    assert maps[0].shape == (1, 32, 8, 4)
+
+
+def test_load_at_another_image_size_resamples(tmp_path):
+    model = vitkit.create_model("vit_test").eval()
+    model.save_pretrained(tmp_path)
+    big = vitkit.create_model("vit_test", pretrained=tmp_path, img_size=32).eval()
+    assert big.pos_embed.shape == (1, 1 + 64, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # on-the-fly resampling of the small model == resampled weights
+        torch.testing.assert_close(big(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: vitkit.create_model("vit_tset"), "did you mean vit_test"),
+        (lambda: vitkit.create_model("vit_test", dept=3), "did you mean depth"),
+        (lambda: vitkit.create_model("vit_test", depth="two"), "bad value for 'depth'"),
+        (lambda: vitkit.create_model("vit_test", embed_dim=30, num_heads=4), "not divisible by num_heads"),
+        (lambda: vitkit.create_model("vit_test", class_token=False), "global_pool='avg'"),
+        (lambda: vitkit.create_model("vit_test")(torch.randn(1, 1, 16, 16)), "3-channel"),
+        (lambda: vitkit.create_model("vit_test")(torch.randn(1, 3, 18, 16)), "not divisible by the patch size"),
+        (lambda: vitkit.create_model("vit_test")(torch.randn(3, 16, 16)), r"\(B, C, H, W\)"),
+        (lambda: vitkit.create_model("vit_test", img_size=18), "not divisible by the patch size"),
+        (lambda: vitkit.create_model("vit_test", hybrid_backbone="vgg"), "unknown hybrid backbone"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(make, match):
+    with pytest.raises(VitkitError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_truncated_and_mismatched_weights(tmp_path):
+    model = vitkit.create_model("vit_test")
+    model.save_pretrained(tmp_path / "ok")
+    with pytest.raises(VitkitError, match="not found"):
+        vitkit.create_model("vit_test", pretrained=tmp_path / "missing")
+    with pytest.raises(VitkitError, match="do not fit.*head_dist"):
+        vitkit.create_model("deit_test_distilled", pretrained=tmp_path / "ok")
+    with pytest.raises(VitkitError, match="shape mismatch.*head.weight"):
+        vitkit.create_model("vit_test", pretrained=tmp_path / "ok", num_classes=3)
+    weights = tmp_path / "ok" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VitkitError, match="corrupt or truncated"):
+        vitkit.create_model("vit_test", pretrained=tmp_path / "ok")
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(VitkitError, match="corrupt or truncated"):
+        vitkit.create_model(str(tmp_path / "ok"))
+    (tmp_path / "ok" / "config.json").write_text("{not json")
+    with pytest.raises(VitkitError, match="cannot read model config"):
+        vitkit.create_model(str(tmp_path / "ok"))
+
+
+def test_saved_config_is_self_describing(tmp_path):
+    vitkit.create_model("vit_test", depth=1).save_pretrained(tmp_path, extra={"class_names": ["a"]})
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["family"] == "vit" and meta["config"]["depth"] == 1 and meta["class_names"] == ["a"]
+    assert vitkit.create_model(str(tmp_path)).config.depth == 1
+
+
+def test_paper_sizes_match_timm_parameter_counts():
+    timm = pytest.importorskip("timm")
+    ours_224 = vitkit.list_models("vit_*_224") + vitkit.list_models("deit_*_224")
+    names = [n for n in ours_224 if "hybrid" not in n and timm.is_model(n)]
+    assert len(names) >= 12
+    for name in names:
+        with torch.device("meta"):
+            ours = vitkit.create_model(name)
+            ref = timm.create_model(name, pretrained=False, num_classes=1000)
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        assert count(ours) == count(ref), name
