@@ -68,3 +68,22 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
     if not train or not val:
         raise VitkitError(f"val_fraction={val_fraction} leaves an empty train or val split; change it or add data")
     return sorted(train), sorted(val)
+
+
+PRESIZE_MAX_BYTES = 512 * 2**20
+
+
+def presize(images: torch.Tensor, img_size: int, max_bytes: int = PRESIZE_MAX_BYTES) -> tuple[torch.Tensor, int]:
+    """Resize all images (N, C, h, w) to ``img_size`` once, if the result fits in ``max_bytes``.
+
+    Returns (images, their size). Batched resizing costs ~6 us/item against ~30 us per item on
+    the fly; when it would not fit, images are returned as they are and resized per item.
+    """
+    native = images.shape[-1]
+    size = images.shape[0] * images.shape[1] * img_size * img_size * images.element_size()
+    if native == img_size or size > max_bytes:
+        return images, native
+    from torchvision.transforms.v2 import functional as TF
+
+    resized = [TF.resize(chunk, [img_size, img_size], antialias=True) for chunk in images.split(4096)]
+    return torch.cat(resized), img_size

@@ -7,8 +7,9 @@ and CutMix (Yun et al. 2019) are a ``batch_transform`` applied by the trainer.
 from __future__ import annotations
 
 import torch
-from torchvision import tv_tensors
+import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from vitkit.data.config import AUGMENTS, IGNORE_INDEX, DataConfig
 from vitkit.errors import VitkitError
@@ -43,43 +44,82 @@ def check_augment(cfg: DataConfig) -> None:
         raise VitkitError("crop_padding, mixup_alpha and cutmix_alpha must be >= 0")
 
 
+def _crop_flip(tensors: list[torch.Tensor], fills: list[int], pad: int, hflip: bool) -> list[torch.Tensor]:
+    """Random crop with ``pad`` pixels of padding + horizontal flip, the same for every tensor.
+
+    Every tensor is (..., H, W); one draw of (top, left, flip) is shared (image and mask stay aligned).
+    """
+    r = torch.rand(3).tolist()  # one RNG call: offsets and flip
+    h, w = tensors[0].shape[-2:]
+    top, left = int(r[0] * (2 * pad + 1)), int(r[1] * (2 * pad + 1))
+    out = []
+    for t, fill in zip(tensors, fills):
+        if pad > 0:
+            t = F.pad(t, (pad, pad, pad, pad), value=fill)[..., top : top + h, left : left + w]
+        if hflip and r[2] < 0.5:
+            t = t.flip(-1)
+        out.append(t)
+    return out
+
+
+class ClassificationTransform:
+    """uint8 or 0..1 float image (C, h, w) -> normalised float (C, img_size, img_size).
+
+    resize (if not native) -> [train: crop with padding, flip, RandAugment] -> (x - mean) / std.
+    Crop/flip are plain tensor ops (about 5x cheaper per item than the v2 modules on small images).
+    """
+
+    def __init__(self, cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
+        self.resize = None if native == img_size else [img_size, img_size]
+        self.augment = cfg.augment if train else "none"
+        self.pad, self.hflip = cfg.crop_padding, cfg.hflip
+        self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude) if self.augment == "randaugment" else None
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None:
+            image = TF.resize(image, self.resize, antialias=True)
+        if self.augment != "none":
+            (image,) = _crop_flip([image], [0], self.pad, self.hflip)
+            if self.randaugment is not None:
+                image = self.randaugment(image)
+        return normalize(image, self.mean, self.std)
+
+
+def normalize(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) image -> float32 (x - mean) / std."""
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return (x - mean) / std
+
+
 def classification_transform(cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
-    """uint8 or 0..1 float image (C, h, w) -> normalised float (C, img_size, img_size)."""
-    ops: list = []
-    if native != img_size:  # resize first, so crop padding is in output pixels
-        ops.append(v2.Resize((img_size, img_size), antialias=True))
-    if train and cfg.augment != "none":
-        if cfg.crop_padding > 0:
-            ops.append(v2.RandomCrop(img_size, padding=cfg.crop_padding))
-        if cfg.hflip:
-            ops.append(v2.RandomHorizontalFlip())
-        if cfg.augment == "randaugment":
-            ops.append(v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(ops)
+    return ClassificationTransform(cfg, native, img_size, mean, std, train)
 
 
 class SegmentationTransform:
-    """(image (C, h, w), mask (h, w)) -> (normalised image, LongTensor mask), geometry shared."""
+    """(image (C, h, w), mask (h, w)) -> (normalised image, LongTensor mask); geometry shared.
+
+    Resize: bilinear for the image, nearest for the mask. Padding fills the mask with ``IGNORE_INDEX``.
+    """
 
     def __init__(self, cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
         if train and cfg.augment == "randaugment":
             raise VitkitError("augment=randaugment is for classification; use augment=basic or none for segmentation")
-        ops: list = []
-        if native != img_size:
-            ops.append(v2.Resize((img_size, img_size), antialias=True))  # masks: nearest
-        if train and cfg.augment == "basic":
-            if cfg.crop_padding > 0:
-                fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
-                ops.append(v2.RandomCrop(img_size, padding=cfg.crop_padding, fill=fill))
-            if cfg.hflip:
-                ops.append(v2.RandomHorizontalFlip())
-        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        self.ops = v2.Compose(ops)
+        self.resize = None if native == img_size else [img_size, img_size]
+        self.augment = cfg.augment if train else "none"
+        self.pad, self.hflip = cfg.crop_padding, cfg.hflip
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor):
-        image, mask = self.ops(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+        mask = mask.long()
+        if self.resize is not None and tuple(image.shape[-2:]) != tuple(self.resize):
+            image = TF.resize(image, self.resize, antialias=True)
+            mask = TF.resize(mask[None], self.resize, interpolation=v2.InterpolationMode.NEAREST)[0]
+        if self.augment != "none":
+            image, mask = _crop_flip([image, mask], [0, IGNORE_INDEX], self.pad, self.hflip)
+        return normalize(image, self.mean, self.std), mask
 
 
 class BatchMix:
