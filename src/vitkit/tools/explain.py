@@ -1,0 +1,154 @@
+"""Explain a prediction with the model's own attention (the real forward pass, captured).
+
+ViT: per-layer, per-head attention maps (B, heads, N, N), the class token's attention to the
+patches, and attention rollout (Abnar & Zuidema 2020). A mean-pooled ViT has no class token:
+its "class" maps show the attention each patch receives, averaged over all query tokens,
+and its rollout shows the flow into the mean of the output tokens (what its head pools).
+VT: see :mod:`vitkit.tools.explain_vt` (tokenizer and projector attention).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from vitkit.errors import VitkitError
+from vitkit.tools.rollout import Fusion, attention_rollout, rollout_to_patches
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Set ``capture`` on every attention module for the duration (fused SDPA otherwise).
+
+    Yields the capturing modules in forward order; their ``last_attn`` is cleared on exit.
+    """
+    mods = [m for m in model.modules() if isinstance(getattr(m, "capture", None), bool)]
+    before = [m.capture for m in mods]
+    try:
+        for m in mods:
+            m.capture = True
+        yield mods
+    finally:
+        for m, flag in zip(mods, before):
+            m.capture = flag
+            m.last_attn = None
+
+
+class ViTExplanation(NamedTuple):
+    """Attention of a ViT for a batch; L = the explained layers, N = prefix + patch tokens."""
+
+    logits: torch.Tensor  # (B, classes)
+    attentions: torch.Tensor  # (L, B, heads, N, N) softmax rows, from the real forward pass
+    cls_maps: torch.Tensor  # (L, B, heads, gh, gw) class-token row (mean-pooled: mean column)
+    rollout: torch.Tensor  # (B, gh, gw) attention rollout through ALL layers
+    layers: tuple[int, ...]
+    num_prefix: int
+    grid: tuple[int, int]
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return getattr(model, "family", "") == "vit" and hasattr(model, "blocks")
+
+
+def token_maps(attn: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, heads, N, N) -> (B, heads, gh, gw): the class token's attention to each patch,
+    or (no class token) the attention each patch receives, averaged over the queries."""
+    row = attn[:, :, 0, num_prefix:] if num_prefix else attn.mean(dim=2)  # (B, heads, gh*gw)
+    return row.reshape(*row.shape[:2], *grid)
+
+
+def _layer_indices(layers: Sequence[int] | None, depth: int) -> tuple[int, ...]:
+    if layers is None:
+        return tuple(range(depth))
+    out = []
+    for i in layers:
+        if not -depth <= i < depth:
+            raise VitkitError(f"layer {i} out of range: the model has {depth} layers (0..{depth - 1})")
+        out.append(i % depth)
+    return tuple(out)
+
+
+@torch.no_grad()
+def explain_vit(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None,
+                fusion: Fusion = "mean") -> ViTExplanation:
+    """Run ``model`` on ``x`` (B, C, H, W) once, capturing every block's attention."""
+    if not _is_vit(model):
+        raise VitkitError(f"{type(model).__name__} is not a ViT; use vitkit.tools.explain.explain()")
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_attention(model):
+            logits = model(x)
+            attns = [blk.attn.last_attn for blk in model.blocks]  # L x (B, heads, N, N)
+    finally:
+        model.train(was_training)
+    grid = model.patch_embed.grid(*x.shape[-2:])
+    take = _layer_indices(layers, len(attns))
+    stacked = torch.stack([attns[i] for i in take])  # (L, B, heads, N, N)
+    cls_maps = torch.stack([token_maps(attns[i], model.num_prefix, grid) for i in take])
+    roll = rollout_to_patches(attention_rollout(attns, fusion), model.num_prefix, grid)
+    return ViTExplanation(logits, stacked, cls_maps, roll, take, model.num_prefix, grid)
+
+
+def explain(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None, fusion: Fusion = "mean"):
+    """A :class:`ViTExplanation` for a ViT, a ``VTExplanation`` for a VT model."""
+    if _is_vit(model):
+        return explain_vit(model, x, layers, fusion)
+    from vitkit.tools.explain_vt import explain_vt, is_vt
+
+    if is_vt(model):
+        return explain_vt(model, x)
+    raise VitkitError(
+        f"cannot explain a {type(model).__name__} (family '{getattr(model, 'family', '?')}'): "
+        "it has no attention; pick a ViT or VT model"
+    )
+
+
+def _label(logits: torch.Tensor, class_names: Sequence[str] | None) -> str:
+    if logits.ndim != 2:
+        return ""
+    probs = logits.float().softmax(dim=-1)[0]
+    k = int(probs.argmax())
+    name = class_names[k] if class_names and k < len(class_names) else f"class {k}"
+    return f"prediction: {name} ({probs[k]:.0%})"
+
+
+def save_vit_explanation(exp: ViTExplanation, image: torch.Tensor, out_dir, label: str = "") -> list:
+    """PNGs for sample 0: rollout + per-layer mean maps, and one head grid per explained layer."""
+    from vitkit.tools.overlay import save_overlay_grid
+
+    what = "CLS attention" if exp.num_prefix else "mean attention received"
+    maps = torch.cat([exp.rollout[:1], exp.cls_maps[:, 0].mean(dim=1)])  # (1 + L, gh, gw)
+    titles = ["rollout"] + [f"layer {i} (head mean)" for i in exp.layers]
+    paths = [save_overlay_grid(image, maps, titles, f"{out_dir}/rollout.png",
+                               suptitle=f"{label}  |  rollout + {what} per layer".strip(" |"))]
+    for j, layer in enumerate(exp.layers):
+        heads = exp.cls_maps[j, 0]  # (heads, gh, gw)
+        titles = [f"head {h}" for h in range(heads.shape[0])]
+        paths.append(save_overlay_grid(image, heads, titles, f"{out_dir}/attention_layer{layer:02d}.png",
+                                       suptitle=f"layer {layer}: {what} per head"))
+    return paths
+
+
+def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
+                  fusion: Fusion = "mean"):
+    """Explain one image file with a model name, save dir or run dir; optionally write PNGs.
+
+    Returns (explanation, list of written PNG paths).
+    """
+    from vitkit.tools.common import load_image_tensor, load_with_metadata
+
+    model, pre, meta = load_with_metadata(spec)
+    x = load_image_tensor(image_path, pre)  # (1, C, H, W)
+    exp = explain(model, x, layers, fusion)
+    if out_dir is None:
+        return exp, []
+    image = pre.denormalise(x)[0]  # (C, H, W) in [0, 1]
+    label = _label(exp.logits, meta.get("class_names"))
+    if isinstance(exp, ViTExplanation):
+        return exp, save_vit_explanation(exp, image, out_dir, label)
+    from vitkit.tools.explain_vt import save_vt_explanation
+
+    return exp, save_vt_explanation(exp, image, out_dir, label)
