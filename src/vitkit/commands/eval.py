@@ -1,0 +1,66 @@
+"""``vitkit eval RUN_DIR_OR_MODEL``: accuracy / mIoU, per-class numbers, confusion matrix."""
+from __future__ import annotations
+
+HELP = "evaluate a run dir or saved model: top-1/top-5, per-class accuracy, confusion matrix (mIoU for segmentation)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="a `vitkit train` run dir or a save_pretrained dir")
+    p.add_argument("--data", default=None, help="data set name (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: the run's)")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate")
+    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="data overrides, e.g. data.limit_val=500")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default=None, help="where to write confusion.png and metrics (default: RUN_DIR/plots)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def data_config(args, model):
+    """The run's data config (if a run dir) with --data/--set on top, at the model's input size."""
+    import dataclasses
+    from pathlib import Path
+
+    from vitkit.config import apply_overrides, parse_set_args
+    from vitkit.data import DataConfig
+    from vitkit.engine.run_config import CONFIG_FILE, load_run_config
+    from vitkit.errors import VitkitError
+
+    base = load_run_config(args.model).data if (Path(args.model) / CONFIG_FILE).is_file() else None
+    if base is None and args.data is None:
+        raise VitkitError(f"{args.model} is not a training run dir, so its data set is unknown; pass --data NAME")
+    base = dataclasses.replace(base or DataConfig(), augment="none", mixup_alpha=0.0, cutmix_alpha=0.0)
+    overrides = {k[len("data."):] if k.startswith("data.") else k: v for k, v in parse_set_args(args.sets).items()}
+    for key, value in (("name", args.data), ("data_dir", args.data_dir)):
+        if value is not None:
+            overrides[key] = value
+    cfg = apply_overrides(base, overrides, prefix="data.")
+    size = model.config.img_size
+    return dataclasses.replace(cfg, img_size=size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from vitkit.data import build_data
+    from vitkit.engine.evaluate import eval_loader, evaluate, format_report
+    from vitkit.engine.plots import plot_confusion
+    from vitkit.errors import VitkitError
+    from vitkit.models.hub import load_model, resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+    if model_dir is None:
+        raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
+    model = load_model(model_dir)
+    bundle = build_data(data_config(args, model))
+    if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
+        raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "
+                          f"{bundle.num_classes} / {bundle.in_chans} in the data; evaluate on the data it was trained on")
+    split = bundle.val if args.split == "val" else bundle.train
+    metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, list(bundle.class_names)))
+    out = Path(args.out) if args.out else (model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots")
+    plot_confusion(metrics["confusion"], list(bundle.class_names), out / f"confusion_{args.split}.png")
+    print(f"confusion matrix plot: {out / f'confusion_{args.split}.png'}")
+    return 0

@@ -1,0 +1,39 @@
+"""``vitkit predict RUN_DIR IMAGES...``: top-k labels with probabilities."""
+from __future__ import annotations
+
+import sys
+
+HELP = "top-k predictions for images (files, folders or globs) with a trained model"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="RUN_DIR", help="a `vitkit train` run dir or a save_pretrained dir")
+    p.add_argument("images", nargs="+", help="image files, folders or globs (quote globs)")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def run(args) -> int:
+    from vitkit.engine.predict import expand_inputs, format_predictions, predict_files
+    from vitkit.errors import VitkitError
+    from vitkit.models.hub import load_model, read_metadata, resolve_model_dir
+
+    if args.top_k < 1:
+        raise VitkitError(f"--top-k must be >= 1, got {args.top_k}")
+    model_dir = resolve_model_dir(args.model)
+    if model_dir is None:
+        raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
+    model, meta = load_model(model_dir), read_metadata(model_dir)
+    files, failures = expand_inputs(args.images)
+    results, more = predict_files(model, meta, files, args.top_k, args.batch_size)
+    failures += more
+    if results:
+        print(format_predictions(results, args.format))
+    for f in failures:
+        print(f"vitkit predict: error: {f.error}" if f.path in f.error else f"vitkit predict: error: {f.path}: {f.error}",
+              file=sys.stderr)
+    if failures:
+        print(f"vitkit predict: {len(failures)} of {len(failures) + len(results)} inputs failed", file=sys.stderr)
+        return 1
+    return 0

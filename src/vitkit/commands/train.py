@@ -1,0 +1,81 @@
+"""``vitkit train``: a named recipe + typed ``--set`` overrides -> a run directory."""
+from __future__ import annotations
+
+HELP = "train any registered model from a recipe (+ --set overrides); resume with --resume RUN_DIR"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--recipe", default=None, help="named recipe (default: digits_vit); see --list-recipes")
+    p.add_argument("--model", default=None, help="registered model name (overrides the recipe's)")
+    p.add_argument("--data", default=None, help="data set: digits, fashion-mnist, imagefolder, seg-canvas, seg-folder")
+    p.add_argument("--data-dir", default=None, help="where the data set lives (same as --set data.data_dir=...)")
+    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="typed overrides, e.g. optim.lr=1e-3 model.depth=4 data.limit_train=512")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe>)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (with --resume: extend the run)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--list-recipes", action="store_true", help="print the recipe names and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def build_config(args):
+    """The resolved :class:`RunConfig` from the recipe and the command-line overrides."""
+    from vitkit.config import parse_set_args
+    from vitkit.engine.recipes import DEFAULT_RECIPE, get_recipe
+    from vitkit.engine.run_config import resolve
+
+    overrides = parse_set_args(args.sets)
+    for key, value in (("model", args.model), ("data.name", args.data), ("data.data_dir", args.data_dir),
+                       ("epochs", args.epochs), ("out_dir", args.out)):
+        if value is not None:
+            overrides[key] = value
+    base = get_recipe(args.recipe or DEFAULT_RECIPE)
+    if "model" in overrides and overrides["model"] != base.model:
+        import dataclasses
+
+        base = dataclasses.replace(base, model=str(overrides.pop("model")), model_overrides={})
+    return resolve(base, overrides)
+
+
+def resume_config(args):
+    from vitkit.engine.run_config import load_run_config, resolve
+    from vitkit.errors import VitkitError
+
+    extra = [flag for flag, v in (("--recipe", args.recipe), ("--model", args.model), ("--data", args.data),
+                                  ("--set", args.sets), ("--out", args.out)) if v]
+    if extra:
+        raise VitkitError(f"{', '.join(extra)} cannot be combined with --resume (the run keeps its config); "
+                          "only --epochs may extend it")
+    cfg = load_run_config(args.resume)
+    overrides = {"out_dir": str(args.resume)}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    return resolve(cfg, overrides)
+
+
+def run(args) -> int:
+    import json
+
+    from vitkit.config import to_dict
+    from vitkit.engine.recipes import list_recipes
+
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return 0
+    cfg = resume_config(args) if args.resume else build_config(args)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from vitkit.engine.trainer import Interrupted, train
+
+    try:
+        metrics = train(cfg, resume=bool(args.resume))
+    except Interrupted as exc:
+        print(f"vitkit train: {exc}")
+        return 130
+    from vitkit.engine.evaluate import headline
+
+    if metrics is not None:
+        label = "mIoU" if "miou" in metrics else "top-1"
+        print(f"done: {label} {headline(metrics):.4f}; run directory {cfg.out_dir}")
+    return 0

@@ -1,0 +1,107 @@
+"""Top-k predictions for image files with a saved model (per-file errors, never all-or-nothing)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitkit.engine.losses import split_outputs
+from vitkit.errors import VitkitError
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str]
+    probs: list[float]
+
+
+@dataclass
+class Failure:
+    path: str
+    error: str
+
+
+def expand_inputs(specs: list[str]) -> tuple[list[Path], list[Failure]]:
+    """Files for every image / folder / glob in ``specs``; a spec that matches nothing is a failure."""
+    from vitkit.data import list_image_files
+
+    files, failures = [], []
+    for spec in specs:
+        try:
+            files += list_image_files(spec)
+        except VitkitError as exc:
+            failures.append(Failure(spec, str(exc)))
+    return files, failures
+
+
+def preprocess_info(meta: dict, model) -> dict:
+    """img_size / in_chans / mean / std saved with the model (defaults: the model's own, 0.5/0.5)."""
+    cfg = model.config
+    size = cfg.img_size[0] if isinstance(cfg.img_size, (tuple, list)) else cfg.img_size
+    pre = {"img_size": size, "in_chans": cfg.in_chans, "mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}
+    pre.update(meta.get("preprocess") or {})
+    return pre
+
+
+@torch.no_grad()
+def class_probs(model, images: torch.Tensor, task: str) -> torch.Tensor:
+    """(B, K) probabilities; for segmentation the share of pixels predicted as each class."""
+    logits, _ = split_outputs(model(images))
+    if task == "segmentation" or logits.ndim == 4:
+        pred = logits.argmax(dim=1)  # (B, H, W)
+        k = logits.shape[1]
+        return torch.stack([torch.bincount(p.reshape(-1), minlength=k).float() / p.numel() for p in pred])
+    return logits.float().softmax(dim=-1)
+
+
+def predict_files(model, meta: dict, files: list[Path], top_k: int = 5,
+                  batch_size: int = 64) -> tuple[list[Prediction], list[Failure]]:
+    """Load each file (errors collected per file), run the model in batches, keep the top-k."""
+    from vitkit.data import load_image
+
+    model.eval()
+    pre = preprocess_info(meta, model)
+    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
+    task = meta.get("task", "classification")
+    loaded, failures = [], []
+    for path in files:
+        try:
+            loaded.append((path, load_image(path, pre["in_chans"], pre["img_size"], pre["mean"], pre["std"])))
+        except (VitkitError, OSError) as exc:
+            failures.append(Failure(str(path), str(exc)))
+    results = []
+    k = min(top_k, len(names))
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start:start + batch_size]
+        probs = class_probs(model, torch.stack([x for _, x in chunk]), task)  # (B, K)
+        top = probs.topk(k, dim=-1)
+        for (path, _), p, i in zip(chunk, top.values, top.indices):
+            results.append(Prediction(str(path), [names[j] for j in i.tolist()], p.tolist()))
+    return results, failures
+
+
+def format_predictions(results: list[Prediction], fmt: str) -> str:
+    """table | csv | json."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        return json.dumps([{"path": r.path, "top": [{"label": l, "prob": round(p, 6)} for l, p in zip(r.labels, r.probs)]}
+                           for r in results], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "rank", "label", "prob"])
+        for r in results:
+            for rank, (label, p) in enumerate(zip(r.labels, r.probs), 1):
+                w.writerow([r.path, rank, label, f"{p:.6f}"])
+        return buf.getvalue().rstrip("\n")
+    width = max([len(r.path) for r in results] + [4])
+    lines = [f"{'path':<{width}}  top predictions (probability)"]
+    for r in results:
+        tops = "  ".join(f"{label} {p:.3f}" for label, p in zip(r.labels, r.probs))
+        lines.append(f"{r.path:<{width}}  {tops}")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The run configuration: one typed, nested dataclass; recipes are instances of it.
+
+``--set`` keys starting with ``model.`` override the model preset (checked against the
+preset's own config class via :func:`vitkit.registry.get_config`); every other key goes
+through :func:`vitkit.config.apply_overrides` on :class:`RunConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from vitkit.config import apply_overrides, to_dict
+from vitkit.data import DataConfig
+from vitkit.errors import VitkitError
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (Loshchilov & Hutter, 2019): decoupled weight decay."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` (per optimizer step)."""
+
+    warmup_epochs: float = 1.0
+    warmup_steps: int | None = None  # overrides warmup_epochs when set
+    min_lr_ratio: float = 0.01
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the weights: theta_ema <- d * theta_ema + (1 - d) * theta."""
+
+    enabled: bool = False
+    decay: float = 0.999
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """DeiT distillation (Touvron et al., 2021): the teacher is any saved vitkit model."""
+
+    teacher: str | None = None  # a save_pretrained dir or a `vitkit train` run dir
+    alpha: float = 0.5  # weight of the distillation term
+    tau: float = 1.0  # temperature (soft distillation)
+    kind: Literal["hard", "soft"] = "hard"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "vit_mini_patch2_8"
+    model_overrides: dict = field(default_factory=dict)  # typed values of `--set model.KEY=...`
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    epochs: int = 10
+    batch_size: int = 64  # global batch (split across processes under torchrun)
+    eval_batch_size: int = 256
+    grad_accum: int = 1
+    clip_grad: float | None = 1.0  # max global gradient norm; None = off
+    label_smoothing: float = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = True
+    workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    threads: int = 0  # torch intra-op threads per process (0 = torch's default)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    tensorboard: bool = True
+    progress: bool = True
+    out_dir: str = "runs/run"
+
+    def validate(self) -> None:
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                  ("grad_accum", self.grad_accum >= 1), ("eval_every", self.eval_every >= 1),
+                  ("optim.lr", self.optim.lr > 0), ("ema.decay", 0.0 <= self.ema.decay < 1.0),
+                  ("label_smoothing", 0.0 <= self.label_smoothing < 1.0),
+                  ("distill.alpha", 0.0 <= self.distill.alpha <= 1.0), ("distill.tau", self.distill.tau > 0)]
+        for key, ok in checks:
+            if not ok:
+                raise VitkitError(f"{key}={_get(self, key)!r} is out of range; pick a valid value with --set {key}=...")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise VitkitError(f"clip_grad must be > 0 or none, got {self.clip_grad}")
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Separate ``model.KEY`` overrides (model preset) from run-config overrides."""
+    model, run = {}, {}
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            model[key[len("model."):]] = value
+        else:
+            run[key] = value
+    return model, run
+
+
+def resolve(base: RunConfig, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Apply typed overrides to ``base``; model keys are checked against the model preset."""
+    from vitkit.registry import get_config
+
+    model_kv, run_kv = split_overrides(overrides or {})
+    cfg = apply_overrides(base, run_kv)
+    merged = {**cfg.model_overrides, **model_kv}
+    if "." in "".join(merged):
+        raise VitkitError("nested model overrides are not supported; set model fields as model.NAME=VALUE")
+    model_cfg = get_config(cfg.model, **merged)  # unknown keys / wrong types raise here
+    typed = {k: getattr(model_cfg, k) for k in merged}
+    cfg = dataclasses.replace(cfg, model_overrides=json.loads(json.dumps(typed)))
+    cfg.validate()
+    return cfg
+
+
+def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
+    from vitkit.models.hub import atomic_write_bytes
+
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2).encode())
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The resolved config a run was started with (``RUN_DIR/config.json``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise VitkitError(f"{path} not found; is {run_dir} a directory written by `vitkit train`?")
+    try:
+        data = json.loads(path.read_text())
+        model_overrides = data.pop("model_overrides", {})
+        cfg = apply_overrides(RunConfig(), data)
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise VitkitError(f"cannot read run config {path}: {exc}; the file is corrupt") from None
+    return dataclasses.replace(cfg, model_overrides=dict(model_overrides))

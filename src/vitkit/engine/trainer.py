@@ -1,0 +1,276 @@
+"""``train(cfg)``: build data + model from the registry, fit, checkpoint, evaluate, plot.
+
+The trainer only uses the registry and the backbone contract (``img_size``, ``in_chans``,
+``num_classes`` in the config; logits (B, K) or (B, K, H, W) from ``forward``), so it
+trains any registered family. The data order and all randomness of epoch ``e`` are a pure
+function of ``(seed, e, rank)``, which makes a resumed run bit-identical to an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitkit.data import DataBundle, build_data
+from vitkit.engine import distributed as D
+from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from vitkit.engine.evaluate import eval_loader, evaluate, headline
+from vitkit.engine.logging import RunLogger
+from vitkit.engine.loop import StopFlag, train_one_epoch
+from vitkit.engine.losses import build_loss
+from vitkit.engine.optim import ModelEMA, build_optimizer, build_scheduler
+from vitkit.engine.run_config import RunConfig, save_run_config
+from vitkit.errors import VitkitError
+
+
+class Interrupted(Exception):
+    """Ctrl-C: a checkpoint was saved; the command exits with code 130."""
+
+
+@dataclass
+class Run:
+    """Everything one training run holds (built by :func:`prepare`)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    info: D.DistInfo
+    bundle: DataBundle
+    model: torch.nn.Module  # possibly DDP- and/or compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: ModelEMA | None
+    loss_fn: Any
+    logger: RunLogger
+    global_step: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.bundle.task
+
+    @property
+    def ignore_index(self) -> int:
+        return self.bundle.ignore_index
+
+    @property
+    def batch_transform(self):
+        return self.bundle.batch_transform
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and published: the EMA if on, else the raw model."""
+        return self.ema.module if self.ema is not None else D.unwrap(self.model)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of epoch ``epoch`` on process ``rank`` (augmentation, dropout, MixUp)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**63
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+
+
+def resolve_data_config(cfg: RunConfig) -> RunConfig:
+    """Data at the model's input size unless ``data.img_size`` is set (then the model follows)."""
+    if cfg.data.img_size is not None:
+        return cfg
+    from vitkit.registry import get_config
+
+    size = get_config(cfg.model, **cfg.model_overrides).img_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, img_size=int(size)))
+
+
+def build_model(cfg: RunConfig, bundle: DataBundle) -> torch.nn.Module:
+    """The registered model sized for the data (classes, channels, image size)."""
+    from vitkit.registry import create_model
+
+    overrides = dict(cfg.model_overrides)
+    for key, value in (("num_classes", bundle.num_classes), ("in_chans", bundle.in_chans),
+                       ("img_size", bundle.img_size)):
+        given = overrides.get(key, value)
+        if key == "img_size" and isinstance(given, (list, tuple)):
+            given = given[0] if len(set(given)) == 1 else given
+        if given != value:
+            raise VitkitError(f"model.{key}={given} does not match the data ({key}={value}); drop the override "
+                              f"or change the data (e.g. data.img_size)")
+        overrides[key] = value
+    return create_model(cfg.model, **overrides)
+
+
+def load_teacher(cfg: RunConfig, bundle: DataBundle):
+    if cfg.distill.teacher is None:
+        return None
+    from vitkit.models.hub import load_model
+
+    teacher = load_model(cfg.distill.teacher).eval()
+    if teacher.in_chans != bundle.in_chans or teacher.num_classes != bundle.num_classes:
+        raise VitkitError(f"teacher {cfg.distill.teacher} expects {teacher.in_chans} channels / {teacher.num_classes} "
+                          f"classes but the data has {bundle.in_chans} / {bundle.num_classes}; train a matching teacher")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
+    """Data, model, optimizer, schedule, EMA and loss for ``cfg`` (not yet resumed)."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    bundle = build_data(cfg.data)
+    model = build_model(cfg, bundle)
+    steps = -(-(len(bundle.train) // info.world_size // D.per_rank_batch(cfg.batch_size, info)) // cfg.grad_accum)
+    if steps < 1:
+        raise VitkitError(f"the training set ({len(bundle.train)} images) is smaller than one batch of "
+                          f"{cfg.batch_size}; lower batch_size or use more data")
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.epochs)
+    ema = ModelEMA(model, cfg.ema.decay) if cfg.ema.enabled else None
+    loss_fn = build_loss(bundle.task, cfg.label_smoothing, bundle.ignore_index, load_teacher(cfg, bundle), cfg.distill)
+    wrapped = D.wrap_model(model, info)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    logger = RunLogger(run_dir, cfg.tensorboard, enabled=info.is_main)
+    return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn, logger)
+
+
+def model_extra(bundle: DataBundle) -> dict:
+    """Metadata saved next to the weights for predict/explain/export."""
+    return {"class_names": list(bundle.class_names), "task": bundle.task,
+            "preprocess": {"img_size": bundle.img_size, "in_chans": bundle.in_chans,
+                           "mean": list(bundle.mean), "std": list(bundle.std)}}
+
+
+def save_state(run: Run, epoch: int, batch_in_epoch: int) -> None:
+    """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (rank 0 only)."""
+    if run.info.is_main:
+        run.eval_model().save_pretrained(run.run_dir / "model", extra=model_extra(run.bundle))
+        state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "rng": rng_state(), "history": json.dumps(run.history)}
+        save_checkpoint(run.run_dir, D.unwrap(run.model), run.ema, state)
+    D.barrier(run.info)
+
+
+def restore(run: Run) -> tuple[int, int, dict | None]:
+    """Load ``RUN_DIR/checkpoint`` into ``run``: (epoch, batch_in_epoch, rng state)."""
+    state = load_checkpoint(run.run_dir, D.unwrap(run.model), run.ema)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.global_step = int(state["global_step"])
+    run.history = json.loads(state["history"])
+    return int(state["epoch"]), int(state["batch_in_epoch"]), state["rng"]
+
+
+def epoch_row(run: Run, epoch: int, stats, metrics: dict | None) -> dict:
+    return {"epoch": epoch + 1, "step": run.global_step, "lr": run.optimizer.param_groups[0]["lr"],
+            "train_loss": stats.loss, "train_acc": stats.acc,
+            "val_loss": None if metrics is None else metrics["loss"],
+            "val_metric": None if metrics is None else headline(metrics),
+            "img_per_s": stats.images / max(stats.seconds, 1e-9), "seconds": stats.seconds}
+
+
+def validate(run: Run) -> dict:
+    """Evaluate the eval weights on the validation set (rank 0; the others wait)."""
+    metrics = None
+    if run.info.is_main:
+        loader = eval_loader(run.bundle.val, run.cfg.eval_batch_size, run.cfg.workers)
+        metrics = evaluate(run.eval_model(), loader, run.task, run.bundle.num_classes, run.ignore_index,
+                           run.cfg.precision)
+    D.barrier(run.info)
+    return metrics
+
+
+def print_epoch(run: Run, row: dict) -> None:
+    if not run.info.is_main:
+        return
+    val = "" if row["val_metric"] is None else f"  val_loss {row['val_loss']:.4f}  val {row['val_metric']:.4f}"
+    print(f"epoch {row['epoch']}/{run.cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}{val}"
+          f"  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s", flush=True)
+
+
+def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None = None) -> dict | None:
+    """Epochs ``start_epoch``.. of training; returns the last validation metrics."""
+    cfg, stop = run.cfg, StopFlag().install()
+    loader, sampler = D.train_loader(run.bundle.train, cfg.batch_size, cfg.seed, run.info, cfg.workers)
+    metrics = None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(epoch_seed(cfg.seed, epoch, run.info.rank))
+            sampler.set_epoch(epoch)
+            if start_batch and epoch == start_epoch:
+                sampler.skip = start_batch * loader.batch_size
+                set_rng_state(rng)
+            stats = train_one_epoch(run, loader, epoch, start_batch if epoch == start_epoch else 0, stop)
+            if stats.interrupted:
+                save_state(run, epoch, stats.batches_done)
+                raise Interrupted(f"interrupted at epoch {epoch + 1}, batch {stats.batches_done}; "
+                                  f"checkpoint saved: continue with --resume {run.run_dir}")
+            last = epoch + 1 == cfg.epochs
+            metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
+            run.history.append(epoch_row(run, epoch, stats, metrics))
+            run.logger.log_epoch(run.history)
+            print_epoch(run, run.history[-1])
+            save_state(run, epoch + 1, 0)
+    finally:
+        stop.uninstall()
+    return metrics
+
+
+def finish(run: Run, metrics: dict | None) -> dict:
+    """metrics.json and plots of the final eval weights (rank 0)."""
+    from vitkit.engine.report import write_report
+
+    if metrics is None:
+        metrics = validate(run)
+    if run.info.is_main:
+        write_report(run, metrics)
+    return metrics
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train ``cfg`` into ``cfg.out_dir`` (or continue it with ``resume``); final metrics."""
+    info = D.setup()
+    try:
+        run_dir = Path(cfg.out_dir)
+        cfg = resolve_data_config(cfg)
+        if not resume and has_checkpoint(run_dir):
+            raise VitkitError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+                              "or pick another --out")
+        run = prepare(cfg, run_dir, info)
+        start = restore(run) if resume else (0, 0, None)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_run_config(cfg, run_dir)
+            run.logger.rewrite(run.history)
+        try:
+            metrics = fit(run, *start)
+            return finish(run, metrics)
+        finally:
+            run.logger.close()
+    finally:
+        D.cleanup(info)
