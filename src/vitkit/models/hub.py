@@ -86,10 +86,10 @@ def read_metadata(path) -> dict:
 def resolve_model_dir(spec) -> Path | None:
     """A ``save_pretrained`` dir for ``spec``: the dir itself, or a training run's ``model/``."""
     p = Path(spec)
+    if is_pretrained_dir(p / "model"):  # a run dir (it has its own run config.json too)
+        return p / "model"
     if is_pretrained_dir(p):
         return p
-    if is_pretrained_dir(p / "model"):
-        return p / "model"
     return None
 
 
