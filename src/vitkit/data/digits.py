@@ -5,7 +5,7 @@ import torch
 
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset, stratified_split
-from vitkit.data.transforms import build_batch_transform, classification_transform, float_stats
+from vitkit.data.transforms import ClassificationTransform, build_batch_transform, float_stats
 
 NATIVE_SIZE = 8
 
@@ -25,9 +25,9 @@ def build_digits(cfg: DataConfig) -> DataBundle:
     train_idx, val_idx = stratified_split(labels.tolist(), cfg.val_fraction, cfg.seed)
     mean, std = float_stats(images[train_idx])
     img_size = cfg.img_size or NATIVE_SIZE
-    images, native = presize(images, img_size)
+    images = presize(images, img_size)
     make = lambda idx, train: ArrayDataset(  # noqa: E731
-        images[idx], labels[idx], classification_transform(cfg, native, img_size, mean, std, train)
+        images[idx], labels[idx], ClassificationTransform(cfg, img_size, mean, std, train)
     )
     return DataBundle(
         train=seeded_subset(make(train_idx, True), cfg.limit_train, cfg.seed, "limit_train"),

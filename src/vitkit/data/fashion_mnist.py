@@ -15,7 +15,7 @@ import torch
 
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset
-from vitkit.data.transforms import build_batch_transform, classification_transform, uint8_stats
+from vitkit.data.transforms import ClassificationTransform, build_batch_transform, uint8_stats
 from vitkit.errors import VitkitError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -95,9 +95,9 @@ def build_fashion_mnist(cfg: DataConfig) -> DataBundle:
     val_x, val_y = load_split(cfg.data_dir, "test")
     mean, std = uint8_stats(train_x)
     img_size = cfg.img_size or NATIVE_SIZE
-    (train_x, train_native), (val_x, val_native) = presize(train_x, img_size), presize(val_x, img_size)
-    train = ArrayDataset(train_x, train_y, classification_transform(cfg, train_native, img_size, mean, std, True))
-    val = ArrayDataset(val_x, val_y, classification_transform(cfg, val_native, img_size, mean, std, False))
+    train_x, val_x = presize(train_x, img_size), presize(val_x, img_size)
+    train = ArrayDataset(train_x, train_y, ClassificationTransform(cfg, img_size, mean, std, True))
+    val = ArrayDataset(val_x, val_y, ClassificationTransform(cfg, img_size, mean, std, False))
     return DataBundle(
         train=seeded_subset(train, cfg.limit_train, cfg.seed, "limit_train"),
         val=seeded_subset(val, cfg.limit_val, cfg.seed, "limit_val"),

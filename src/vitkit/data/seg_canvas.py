@@ -81,8 +81,8 @@ def build_seg_canvas(cfg: DataConfig) -> DataBundle:
     mean, std = uint8_stats(train_x)
     img_size = cfg.img_size or cfg.canvas_size
     return DataBundle(
-        train=SegArrayDataset(train_x, train_m, SegmentationTransform(cfg, cfg.canvas_size, img_size, mean, std, True)),
-        val=SegArrayDataset(val_x, val_m, SegmentationTransform(cfg, cfg.canvas_size, img_size, mean, std, False)),
+        train=SegArrayDataset(train_x, train_m, SegmentationTransform(cfg, img_size, mean, std, True)),
+        val=SegArrayDataset(val_x, val_m, SegmentationTransform(cfg, img_size, mean, std, False)),
         task="segmentation",
         num_classes=len(CLASS_NAMES),
         in_chans=1,

@@ -65,12 +65,12 @@ def _crop_flip(tensors: list[torch.Tensor], fills: list[int], pad: int, hflip: b
 class ClassificationTransform:
     """uint8 or 0..1 float image (C, h, w) -> normalised float (C, img_size, img_size).
 
-    resize (if not native) -> [train: crop with padding, flip, RandAugment] -> (x - mean) / std.
+    resize (if the image is not img_size) -> [train: crop with padding, flip, RandAugment] -> (x - mean) / std.
     Crop/flip are plain tensor ops (about 5x cheaper per item than the v2 modules on small images).
     """
 
-    def __init__(self, cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
-        self.resize = None if native == img_size else [img_size, img_size]
+    def __init__(self, cfg: DataConfig, img_size: int, mean, std, train: bool):
+        self.size = [img_size, img_size]
         self.augment = cfg.augment if train else "none"
         self.pad, self.hflip = cfg.crop_padding, cfg.hflip
         self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude) if self.augment == "randaugment" else None
@@ -78,8 +78,8 @@ class ClassificationTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if self.resize is not None:
-            image = TF.resize(image, self.resize, antialias=True)
+        if list(image.shape[-2:]) != self.size:
+            image = TF.resize(image, self.size, antialias=True)
         if self.augment != "none":
             (image,) = _crop_flip([image], [0], self.pad, self.hflip)
             if self.randaugment is not None:
@@ -93,20 +93,16 @@ def normalize(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return (x - mean) / std
 
 
-def classification_transform(cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
-    return ClassificationTransform(cfg, native, img_size, mean, std, train)
-
-
 class SegmentationTransform:
     """(image (C, h, w), mask (h, w)) -> (normalised image, LongTensor mask); geometry shared.
 
     Resize: bilinear for the image, nearest for the mask. Padding fills the mask with ``IGNORE_INDEX``.
     """
 
-    def __init__(self, cfg: DataConfig, native: int | None, img_size: int, mean, std, train: bool):
+    def __init__(self, cfg: DataConfig, img_size: int, mean, std, train: bool):
         if train and cfg.augment == "randaugment":
             raise VitkitError("augment=randaugment is for classification; use augment=basic or none for segmentation")
-        self.resize = None if native == img_size else [img_size, img_size]
+        self.size = [img_size, img_size]
         self.augment = cfg.augment if train else "none"
         self.pad, self.hflip = cfg.crop_padding, cfg.hflip
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
@@ -114,9 +110,10 @@ class SegmentationTransform:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor):
         mask = mask.long()
-        if self.resize is not None and tuple(image.shape[-2:]) != tuple(self.resize):
-            image = TF.resize(image, self.resize, antialias=True)
-            mask = TF.resize(mask[None], self.resize, interpolation=v2.InterpolationMode.NEAREST)[0]
+        if list(image.shape[-2:]) != self.size:
+            image = TF.resize(image, self.size, antialias=True)
+        if list(mask.shape[-2:]) != self.size:
+            mask = TF.resize(mask[None], self.size, interpolation=v2.InterpolationMode.NEAREST)[0]
         if self.augment != "none":
             image, mask = _crop_flip([image, mask], [0, IGNORE_INDEX], self.pad, self.hflip)
         return normalize(image, self.mean, self.std), mask

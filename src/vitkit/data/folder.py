@@ -1,0 +1,213 @@
+"""Image folders: ``imagefolder`` (one subfolder per class) and ``seg-folder`` (images + PNG masks).
+
+Layouts (``data_dir``)::
+
+    imagefolder:  [train/, val/ ->] CLASS_A/*.png, CLASS_B/*.jpg, ...
+    seg-folder:   [train/, val/ ->] images/NAME.png|jpg  masks/NAME.png  [classes.txt]
+
+Without train/ and val/ the one folder is split by a seeded ``val_fraction``. Images are read
+with PIL on access; the channel count comes from the first image (grayscale -> 1, else 3) and
+every image is converted to it; every image is resized to ``img_size`` (default: the first
+image's larger side).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from vitkit.data.config import IGNORE_INDEX, DataBundle, DataConfig
+from vitkit.data.datasets import seeded_subset, stratified_split
+from vitkit.data.images import is_image_name, read_image, read_mask
+from vitkit.data.transforms import ClassificationTransform, SegmentationTransform, build_batch_transform, float_stats
+from vitkit.errors import VitkitError
+
+STATS_SAMPLE = 256  # images used to estimate the normalisation mean/std
+
+
+class FolderDataset(Dataset):
+    """(path, label) samples -> (transform(image), label), images read on access."""
+
+    def __init__(self, samples: list[tuple[Path, int]], in_chans: int, transform):
+        self.samples, self.in_chans, self.transform = samples, in_chans, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(read_image(path, self.in_chans)), label
+
+
+class SegFolderDataset(Dataset):
+    """(image path, mask path) pairs -> (image, LongTensor mask (H, W)), checked on access."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], in_chans: int, num_classes: int, transform):
+        self.pairs, self.in_chans, self.num_classes, self.transform = pairs, in_chans, num_classes, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        image_path, mask_path = self.pairs[i]
+        image, mask = read_image(image_path, self.in_chans), read_mask(mask_path)
+        if image.shape[-2:] != mask.shape:
+            raise VitkitError(f"{mask_path}: mask is {tuple(mask.shape)} but {image_path.name} is {tuple(image.shape[-2:])}; they must match")
+        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
+        if bad.any():
+            raise VitkitError(f"{mask_path}: class {int(mask[bad].max())} >= num_classes {self.num_classes}; fix the mask or classes.txt")
+        return self.transform(image, mask)
+
+
+def _root(cfg: DataConfig) -> Path:
+    if not cfg.data_dir:
+        raise VitkitError(f"data set '{cfg.name}' needs a folder: pass --data-dir DIR (or set data_dir)")
+    root = Path(cfg.data_dir).expanduser()
+    if not root.is_dir():
+        raise VitkitError(f"data folder {root} does not exist; check --data-dir")
+    return root
+
+
+def _split_dirs(root: Path) -> tuple[Path, Path] | None:
+    train, val = root / "train", root / "val"
+    return (train, val) if train.is_dir() and val.is_dir() else None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+
+
+def scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Class subfolders of ``folder`` -> ([(path, label)], class names); ``classes`` fixes the order."""
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise VitkitError(f"{folder} has no class subfolders; use one folder per class (e.g. {folder}/cat/*.png)")
+    if classes is not None and found != classes:
+        raise VitkitError(f"{folder} has classes {found} but the train folder has {classes}; use the same class folders")
+    samples = []
+    for label, name in enumerate(found):
+        files = _images_in(folder / name)
+        if not files:
+            raise VitkitError(f"class folder {folder / name} holds no images (png, jpg, ...); add some or remove it")
+        samples += [(p, label) for p in files]
+    return samples, found
+
+
+def _probe(path: Path, cfg: DataConfig) -> tuple[int, int]:
+    """(in_chans, img_size) from the first image: grayscale -> 1 channel, anything else -> 3."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            in_chans = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+            size = max(img.size)
+    except OSError as exc:
+        raise VitkitError(f"{path}: unreadable image ({exc}); re-save or remove it") from None
+    return in_chans, cfg.img_size or size
+
+
+def _stats(paths: list[Path], in_chans: int, img_size: int, seed: int):
+    """Normalisation mean/std from a seeded sample of up to ``STATS_SAMPLE`` images."""
+    from torchvision.transforms.v2 import functional as TF
+
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(paths), generator=gen)[:STATS_SAMPLE].tolist()
+    images = [TF.resize(read_image(paths[i], in_chans), [img_size, img_size], antialias=True) for i in pick]
+    return float_stats(torch.stack(images).float() / 255.0)  # (n, C, S, S)
+
+
+def _random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    if not 0.0 < val_fraction < 1.0 or n < 2:
+        raise VitkitError(f"cannot split {n} items with val_fraction={val_fraction}; use 0 < val_fraction < 1 and >= 2 items")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def build_imagefolder(cfg: DataConfig) -> DataBundle:
+    """Classification from class subfolders (train/ + val/, or one folder split by seed)."""
+    root = _root(cfg)
+    dirs = _split_dirs(root)
+    if dirs:
+        train_s, classes = scan_classes(dirs[0])
+        val_s, _ = scan_classes(dirs[1], classes)
+    else:
+        samples, classes = scan_classes(root)
+        train_idx, val_idx = stratified_split([s[1] for s in samples], cfg.val_fraction, cfg.seed)
+        train_s, val_s = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+    in_chans, img_size = _probe(train_s[0][0], cfg)
+    mean, std = _stats([p for p, _ in train_s], in_chans, img_size, cfg.seed)
+    make = lambda s, train: FolderDataset(s, in_chans, ClassificationTransform(cfg, img_size, mean, std, train))  # noqa: E731
+    return DataBundle(
+        train=seeded_subset(make(train_s, True), cfg.limit_train, cfg.seed, "limit_train"),
+        val=seeded_subset(make(val_s, False), cfg.limit_val, cfg.seed, "limit_val"),
+        task="classification",
+        num_classes=len(classes),
+        in_chans=in_chans,
+        img_size=img_size,
+        class_names=classes,
+        mean=mean,
+        std=std,
+        batch_transform=build_batch_transform(cfg, "classification", len(classes)),
+    )
+
+
+def scan_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """``folder/images/NAME.*`` with ``folder/masks/NAME.png`` -> [(image, mask)]."""
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise VitkitError(f"{folder} needs images/ and masks/ subfolders (masks/NAME.png for each images/NAME.png|jpg)")
+    pairs = []
+    for image in _images_in(images_dir):
+        mask = masks_dir / image.relative_to(images_dir).with_suffix(".png")
+        if not mask.is_file():
+            raise VitkitError(f"{image}: no mask {mask}; add it or remove the image")
+        pairs.append((image, mask))
+    if not pairs:
+        raise VitkitError(f"{images_dir} holds no images (png, jpg, ...)")
+    return pairs
+
+
+def _seg_classes(root: Path, pairs: list[tuple[Path, Path]]) -> list[str]:
+    """Class names from ``root/classes.txt`` (one per line), else 0..max mask value."""
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if len(names) < 2:
+            raise VitkitError(f"{names_file} lists {len(names)} classes; list at least 2 (background first)")
+        return names
+    top = 0
+    for _, mask_path in pairs:
+        mask = read_mask(mask_path)
+        valid = mask[mask != IGNORE_INDEX]
+        top = max(top, int(valid.max()) if valid.numel() else 0)
+    return [str(i) for i in range(max(top + 1, 2))]
+
+
+def build_seg_folder(cfg: DataConfig) -> DataBundle:
+    """Segmentation from images/ + masks/ (train/ + val/, or one folder split by seed)."""
+    root = _root(cfg)
+    dirs = _split_dirs(root)
+    if dirs:
+        train_p, val_p = scan_pairs(dirs[0]), scan_pairs(dirs[1])
+    else:
+        pairs = scan_pairs(root)
+        train_idx, val_idx = _random_split(len(pairs), cfg.val_fraction, cfg.seed)
+        train_p, val_p = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+    classes = _seg_classes(root, train_p + val_p)
+    in_chans, img_size = _probe(train_p[0][0], cfg)
+    mean, std = _stats([p for p, _ in train_p], in_chans, img_size, cfg.seed)
+    make = lambda p, train: SegFolderDataset(p, in_chans, len(classes), SegmentationTransform(cfg, img_size, mean, std, train))  # noqa: E731
+    return DataBundle(
+        train=seeded_subset(make(train_p, True), cfg.limit_train, cfg.seed, "limit_train"),
+        val=seeded_subset(make(val_p, False), cfg.limit_val, cfg.seed, "limit_val"),
+        task="segmentation",
+        num_classes=len(classes),
+        in_chans=in_chans,
+        img_size=img_size,
+        class_names=classes,
+        mean=mean,
+        std=std,
+        batch_transform=build_batch_transform(cfg, "segmentation", len(classes)),
+    )
