@@ -1,0 +1,255 @@
+"""Semantic segmentation: panoptic-FPN semantic head on ResNet, VT-FPN (SPEC §3), and a
+simple dense head on ViT ``forward_intermediates``. ``forward`` returns logits (B, K, H, W).
+
+FPN neck (Lin et al. 2017):  L_i = lateral_i(C_i) (1x1);  P_5 = L_5;  P_i = L_i + up(P_{i+1});
+                             P_i <- conv3x3_i(P_i)
+VT-FPN neck (Wu et al.):     the per-level conv3x3_i replaced by VT modules: T_i = tokenizer_i(P_i)
+                             (8 tokens per level), [T_2..T_5] <- one transformer over all tokens,
+                             P_i <- projector_i(P_i, T_i)
+Semantic head (Kirillov et al. 2019): per level a stack of conv3x3-GN-ReLU (+2x up) down to
+stride 4, sum, 1x1 classifier, bilinear upsample to the input.
+The neck is the submodule ``neck`` (its FLOPs are measured separately by ``vitkit flops``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vitkit.errors import VitkitError
+from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
+from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.resnet import LAYOUTS, trunk_from
+from vitkit.models.vit import ViTConfig, VisionTransformer
+from vitkit.registry import register_family, register_presets
+
+
+def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
+    groups = math.gcd(32, max(1, cout // 2))  # at least 2 channels per group (1x1 maps at batch 1)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout),
+                         nn.ReLU(inplace=True))
+
+
+class FPNNeck(nn.Module):
+    """FPN: lateral 1x1, top-down nearest upsampling and sum, then one 3x3 conv per level."""
+
+    def __init__(self, in_channels: Sequence[int], dim: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in in_channels)
+
+    def top_down(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """C_2..C_5 -> P_2..P_5 before the per-level processing, each (B, D, H_i, W_i)."""
+        outs = [self.lateral[-1](feats[-1])]
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            outs.insert(0, lat(f) + F.interpolate(outs[0], size=f.shape[-2:], mode="nearest"))
+        return outs
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(p) for conv, p in zip(self.output, self.top_down(feats))]
+
+
+class VTFPNNeck(FPNNeck):
+    """VT-FPN: per-level tokenizers, ONE token transformer over all levels' tokens, per-level projectors.
+
+    Each level is projected back from its own (transformed) tokens.
+    """
+
+    def __init__(self, in_channels: Sequence[int], dim: int, cfg: VTConfig):
+        super().__init__(in_channels, dim)
+        del self.output
+        cfg.validate(dim)
+        level_cfg = dataclasses.replace(cfg, transformer="none")
+        self.levels = nn.ModuleList(VTModule(dim, level_cfg, first=True) for _ in in_channels)
+        ct = cfg.token_channels or dim
+        self.transformer = (TokenTransformer(ct, cfg.transformer, cfg.num_heads, cfg.qk_ratio, cfg.ffn_ratio)
+                            if cfg.transformer != "none" else None)
+        self.num_tokens = cfg.num_tokens
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        maps = self.top_down(feats)
+        flat = [rearrange(p, "b c h w -> b (h w) c") for p in maps]  # each (B, H_i W_i, D)
+        tokens = torch.cat([vt.tokenize(x, p.shape[-2:]) for vt, x, p in zip(self.levels, flat, maps)], 1)
+        if self.transformer is not None:
+            tokens = self.transformer(tokens)  # (B, levels * L, C_T)
+        per_level = tokens.split(self.num_tokens, dim=1)
+        return [rearrange(vt.project(x, t), "b (h w) c -> b c h w", h=p.shape[-2], w=p.shape[-1])
+                for vt, x, t, p in zip(self.levels, flat, per_level, maps)]
+
+
+class SemanticHead(nn.Module):
+    """Panoptic-FPN semantic branch: per-level conv3x3-GN-ReLU stacks upsampled to the finest level, summed."""
+
+    def __init__(self, dim: int, head_dim: int, num_levels: int, num_classes: int):
+        super().__init__()
+        steps = [max(1, i) for i in range(num_levels)]  # level i is 2^i coarser than the finest
+        self.branches = nn.ModuleList(
+            nn.ModuleList(_conv_gn_relu(dim if k == 0 else head_dim, head_dim) for k in range(n)) for n in steps)
+        self.classifier = nn.Conv2d(head_dim, num_classes, 1) if num_classes else nn.Identity()
+
+    def fuse(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """P_2..P_5 -> summed map at the finest level (B, head_dim, H_2, W_2)."""
+        sizes = [m.shape[-2:] for m in maps]
+        total = 0
+        for i, (branch, y) in enumerate(zip(self.branches, maps)):
+            for k, block in enumerate(branch):
+                y = block(y)
+                if i - k - 1 >= 0:  # 2x upsampling towards the finest level
+                    y = F.interpolate(y, size=sizes[i - k - 1], mode="bilinear", align_corners=False)
+            total = total + y
+        return total
+
+
+@dataclass(frozen=True)
+class SemanticFPNConfig:
+    img_size: int = 512
+    in_chans: int = 3
+    num_classes: int = 20
+    depth: Literal[18, 34, 50, 101] = 50
+    base_width: int = 64
+    small_stem: bool = False
+    neck: Literal["fpn", "vt_fpn"] = "fpn"
+    fpn_dim: int = 256
+    head_dim: int = 128
+    vt: VTConfig = field(default_factory=lambda: VTConfig(num_tokens=8))
+
+    def validate(self) -> None:
+        if self.depth not in LAYOUTS:
+            raise VitkitError(f"unknown ResNet depth {self.depth}; choose one of {', '.join(map(str, LAYOUTS))}")
+        for name in ("in_chans", "num_classes", "base_width", "fpn_dim", "head_dim"):
+            if getattr(self, name) < 1:
+                raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class _DenseModel(VitkitModel):
+    """Shared dense-model plumbing: forward(x) = upsampled logits (B, K, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), size=tuple(x.shape[-2:]))
+
+    def _upsample(self, logits: torch.Tensor, size, stride: int) -> torch.Tensor:
+        size = size or (logits.shape[-2] * stride, logits.shape[-1] * stride)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@register_family
+class SemanticFPN(_DenseModel):
+    family = "semantic_fpn"
+    config_cls = SemanticFPNConfig
+
+    def __init__(self, config: SemanticFPNConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.backbone = trunk_from(c)
+        chans, reds = self.backbone.channels, self.backbone.reductions
+        self.neck = FPNNeck(chans, c.fpn_dim) if c.neck == "fpn" else VTFPNNeck(chans, c.fpn_dim, c.vt)
+        self.head = SemanticHead(c.fpn_dim, c.head_dim, len(reds), c.num_classes)
+        self.num_features = c.head_dim
+        self.feature_info = [FeatureInfo(ch, r) for ch, r in zip(chans, reds)]
+
+    def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        self.check_input(x, min_size=self.backbone.reductions[-1])
+        return self.backbone.stages(x, upto)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C_in, H, W) -> neck outputs P_2..P_5, each (B, fpn_dim, H/r_i, W/r_i)."""
+        return self.neck(self._stages(x))
+
+    def forward_head(self, feats: Sequence[torch.Tensor], pre_logits: bool = False, size=None) -> torch.Tensor:
+        """Pyramid -> logits (B, K, H, W) at ``size`` (default: finest level x its stride)."""
+        fused = self.head.fuse(feats)  # (B, head_dim, H/r_0, W/r_0)
+        return fused if pre_logits else self._upsample(self.head.classifier(fused), size,
+                                                       self.backbone.reductions[0])
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
+        """Backbone stage outputs at ``indices`` (0..3), NCHW."""
+        take = self.resolve_indices(indices, 4)
+        outs = self._stages(x, max(take) + 1)
+        return [outs[i] for i in take]
+
+
+@dataclass(frozen=True)
+class ViTSegConfig:
+    img_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 21
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    indices: tuple[int, ...] = (-1,)  # blocks whose outputs are concatenated
+    decoder_dim: int = 256
+
+    def vit_config(self) -> ViTConfig:
+        return ViTConfig(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans, num_classes=0,
+                         embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
+
+
+@register_family
+class ViTSeg(_DenseModel):
+    """ViT + simple dense head: concat block maps, 1x1 conv-BN-ReLU (``neck``), 3x3 conv, 1x1 classifier."""
+
+    family = "vit_seg"
+    config_cls = ViTSegConfig
+
+    def __init__(self, config: ViTSegConfig):
+        super().__init__()
+        if config.num_classes < 1 or config.decoder_dim < 1 or not config.indices:
+            raise VitkitError("ViTSeg needs num_classes >= 1, decoder_dim >= 1 and at least one block index")
+        self.config = c = config
+        self.backbone = VisionTransformer(c.vit_config())
+        self.backbone.resolve_indices(list(c.indices), c.depth)
+        d = c.decoder_dim
+        self.neck = nn.Sequential(nn.Conv2d(c.embed_dim * len(c.indices), d, 1, bias=False), nn.BatchNorm2d(d),
+                                  nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.BatchNorm2d(d),
+                                  nn.ReLU(inplace=True), nn.Conv2d(d, c.num_classes, 1))
+        self.num_features = d
+        self.feature_info = self.backbone.feature_info
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> decoder map (B, decoder_dim, H/p, W/p)."""
+        maps = self.backbone.forward_intermediates(x, list(self.config.indices), norm=True)
+        return self.neck(torch.cat(maps, dim=1))
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False, size=None) -> torch.Tensor:
+        if pre_logits:
+            return feats
+        return self._upsample(self.head(feats), size, self.config.patch_size)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
+        return self.backbone.forward_intermediates(x, indices)
+
+
+def _presets() -> tuple[dict, dict, dict]:
+    vt_paper = VTConfig(num_tokens=8)
+    paper = {f"{neck}_resnet50_512": SemanticFPNConfig(neck=neck) for neck in ("fpn", "vt_fpn")}
+    paper["vit_seg_small_patch16_224"] = ViTSegConfig()
+    small64 = dict(img_size=64, num_classes=4, depth=18, fpn_dim=128, head_dim=64)
+    small = {f"{neck}_resnet18_64": SemanticFPNConfig(neck=neck, **small64) for neck in ("fpn", "vt_fpn")}
+    small["vit_seg_mini_patch4_64"] = ViTSegConfig(img_size=64, num_classes=4, patch_size=4, embed_dim=192,
+                                                   depth=6, num_heads=3, indices=(2, 5), decoder_dim=128)
+    tiny = dict(img_size=32, num_classes=3, depth=18, base_width=8, fpn_dim=16, head_dim=8)
+    test = {
+        "fpn_test": SemanticFPNConfig(**tiny),
+        "vt_fpn_test": SemanticFPNConfig(neck="vt_fpn", **tiny, vt=dataclasses.replace(vt_paper, num_tokens=4)),
+        "vit_seg_test": ViTSegConfig(img_size=16, num_classes=3, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                                     indices=(0, 1), decoder_dim=16),
+    }
+    return paper, small, test
+
+
+def _register() -> None:
+    for group, tags in zip(_presets(), (("seg",), ("seg", "small"), ("seg", "test"))):
+        for name, cfg in group.items():
+            register_presets(ViTSeg if isinstance(cfg, ViTSegConfig) else SemanticFPN, {name: cfg}, tags=tags)
+
+
+_register()
