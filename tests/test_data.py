@@ -1,0 +1,277 @@
+"""Data sets, transforms and image loading (vitkit.data). Small limits keep every test fast."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitkit.config import apply_overrides
+from vitkit.data import DataConfig, build_data, list_image_files, load_image
+from vitkit.data.fashion_mnist import DEFAULT_DIR, read_idx
+from vitkit.data.seg_canvas import compose_canvases
+from vitkit.errors import VitkitError
+
+CANVAS = dict(name="seg-canvas", canvas_size=40, canvas_train_size=24, canvas_val_size=8, canvas_items=2)
+
+
+def _stack(ds, n=None):
+    items = [ds[i] for i in range(n or len(ds))]
+    return torch.stack([x for x, _ in items]), [y for _, y in items]
+
+
+# ---------------------------------------------------------------- digits
+def test_digits_bundle_shapes_ranges_and_split():
+    b = build_data(DataConfig(name="digits", augment="none"))
+    assert (b.task, b.num_classes, b.in_chans, b.img_size) == ("classification", 10, 1, 8)
+    assert len(b.train) + len(b.val) == 1797 and abs(len(b.val) - 180) <= 10
+    x, y = _stack(b.train)
+    assert x.shape == (len(b.train), 1, 8, 8) and x.dtype == torch.float32
+    assert set(y) == set(range(10)) and all(isinstance(v, int) for v in y)
+    raw = x * torch.tensor(b.std) + torch.tensor(b.mean)  # undo normalisation -> 0..1
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+    torch.testing.assert_close(x.mean(), torch.tensor(0.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(x.std(), torch.tensor(1.0), atol=1e-2, rtol=0)
+    assert b.batch_transform is None
+
+
+def test_digits_split_is_seeded_and_stratified():
+    a, b = build_data(DataConfig(seed=1, augment="none")), build_data(DataConfig(seed=1, augment="none"))
+    c = build_data(DataConfig(seed=2, augment="none"))
+    torch.testing.assert_close(_stack(a.val)[0], _stack(b.val)[0])
+    assert not torch.equal(_stack(a.val)[0], _stack(c.val)[0])
+    counts = torch.bincount(torch.tensor(_stack(a.val)[1]), minlength=10)
+    assert counts.min() >= 16 and counts.max() <= 20  # ~10% of ~180 per class
+
+
+def test_limits_and_resize():
+    b = build_data(DataConfig(img_size=16, limit_train=30, limit_val=7))
+    assert (len(b.train), len(b.val), b.img_size) == (30, 7, 16)
+    assert b.train[0][0].shape == (1, 16, 16) and b.val[3][0].shape == (1, 16, 16)
+    with pytest.raises(VitkitError, match="limit_train"):
+        build_data(DataConfig(limit_train=0))
+
+
+def test_augmentation_is_random_but_seeded():
+    b = build_data(DataConfig(crop_padding=2, limit_train=4))
+    torch.manual_seed(5)
+    first = [b.train[0][0] for _ in range(8)]
+    torch.manual_seed(5)
+    again = [b.train[0][0] for _ in range(8)]
+    torch.testing.assert_close(torch.stack(first), torch.stack(again))
+    assert any(not torch.equal(first[0], f) for f in first[1:])  # crops/flips vary
+    no_aug = build_data(DataConfig(augment="none", limit_train=4))
+    torch.testing.assert_close(no_aug.train[0][0], no_aug.train[0][0])
+
+
+def test_randaugment_and_config_overrides():
+    cfg = apply_overrides(DataConfig(), {"augment": "randaugment", "img_size": "12", "limit_train": "5", "hflip": "false"})
+    assert (cfg.img_size, cfg.limit_train, cfg.hflip) == (12, 5, False)
+    b = build_data(cfg)
+    assert b.train[0][0].shape == (1, 12, 12) and torch.isfinite(b.train[0][0]).all()
+    with pytest.raises(VitkitError, match="unknown augment"):
+        build_data(DataConfig(augment="heavy"))
+    with pytest.raises(VitkitError, match="did you mean digits"):
+        build_data(DataConfig(name="digit"))
+
+
+# ---------------------------------------------------------------- MixUp / CutMix
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_cutmix_soft_targets(mixup, cutmix):
+    b = build_data(DataConfig(mixup_alpha=mixup, cutmix_alpha=cutmix, limit_train=16))
+    x, y = _stack(b.train)
+    mixed, soft = b.batch_transform(x, torch.tensor(y))
+    assert mixed.shape == x.shape and soft.shape == (16, 10) and soft.dtype == torch.float32
+    torch.testing.assert_close(soft.sum(1), torch.ones(16))
+    assert (soft >= 0).all() and (soft.max(1).values < 1).any()  # some targets really mixed
+
+
+def test_mixup_rejected_for_segmentation():
+    with pytest.raises(VitkitError, match="classification only"):
+        build_data(DataConfig(mixup_alpha=0.2, **CANVAS))
+
+
+# ---------------------------------------------------------------- Fashion-MNIST IDX files
+def _write_idx(path: Path, array: np.ndarray, magic: int, compress=True) -> Path:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def test_read_idx_roundtrip_and_corrupt_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
+    good = _write_idx(tmp_path / "good.gz", images, 0x803)
+    assert np.array_equal(read_idx(good, 3), images)
+    with pytest.raises(VitkitError, match="bad magic"):
+        read_idx(_write_idx(tmp_path / "magic.gz", images, 0x801), 3)
+    short = tmp_path / "short.gz"
+    short.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())[:-100]))
+    with pytest.raises(VitkitError, match="truncated"):
+        read_idx(short, 3)
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(VitkitError, match="cut.gz"):
+        read_idx(cut, 3)
+
+
+def test_fashion_mnist_missing_dir_says_how_to_get_it(tmp_path):
+    with pytest.raises(VitkitError, match="apt-get install dataset-fashion-mnist"):
+        build_data(DataConfig(name="fashion-mnist", data_dir=str(tmp_path / "nope")))
+    with pytest.raises(VitkitError, match="train-images-idx3-ubyte.gz not found"):
+        build_data(DataConfig(name="fashion-mnist", data_dir=str(tmp_path)))
+
+
+def test_fashion_mnist_from_a_data_dir(tmp_path):
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)), 0x803)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, size=(n,)), 0x801, compress=False)
+    b = build_data(DataConfig(name="fashion-mnist", data_dir=str(tmp_path), augment="none"))
+    assert (len(b.train), len(b.val), b.img_size, b.in_chans) == (12, 6, 28, 1)
+    assert b.train[0][0].shape == (1, 28, 28) and 0 <= b.val[5][1] < 10
+
+
+def test_fashion_mnist_system_copy():
+    b = build_data(DataConfig(name="fashion-mnist", limit_train=20, limit_val=10))
+    assert (len(b.train.dataset), len(b.val.dataset)) == (60000, 10000)
+    assert b.train.dataset.images.dtype == torch.uint8  # kept compact in memory
+    assert b.class_names[0] == "T-shirt/top" and b.train[0][0].shape == (1, 28, 28)
+    assert Path(DEFAULT_DIR).is_dir()
+
+
+# ---------------------------------------------------------------- seg-canvas
+def test_seg_canvas_masks_match_images():
+    b = build_data(DataConfig(augment="none", **CANVAS))
+    assert (b.task, b.num_classes, b.in_chans, b.img_size, len(b.train), len(b.val)) == ("segmentation", 11, 1, 40, 24, 8)
+    background = (0 - b.mean[0]) / b.std[0]
+    for ds in (b.train, b.val):
+        x, masks = _stack(ds)
+        m = torch.stack(masks)
+        assert m.dtype == torch.long and m.shape == (len(ds), 40, 40) and 0 <= m.min() and m.max() <= 10
+        is_bg = torch.isclose(x[:, 0], torch.tensor(background), atol=1e-5)
+        assert torch.equal(is_bg, m == 0)  # background 0 exactly where the image is background
+        assert (m > 0).float().mean() > 0.1  # items are really there
+
+
+def test_seg_canvas_augment_keeps_image_and_mask_aligned():
+    b = build_data(DataConfig(augment="basic", crop_padding=4, **CANVAS))
+    background = (0 - b.mean[0]) / b.std[0]
+    x, masks = _stack(b.train)
+    m = torch.stack(masks)
+    is_bg = torch.isclose(x[:, 0], torch.tensor(background), atol=1e-5)
+    assert (m == 255).any()  # padding is ignored
+    assert torch.equal(is_bg, (m == 0) | (m == 255))
+
+
+def test_seg_canvas_is_deterministic_by_seed():
+    one, two = build_data(DataConfig(augment="none", **CANVAS)), build_data(DataConfig(augment="none", **CANVAS))
+    other = build_data(DataConfig(augment="none", seed=3, **CANVAS))
+    torch.testing.assert_close(torch.stack(_stack(one.val)[1]), torch.stack(_stack(two.val)[1]))
+    assert not torch.equal(one.train.masks, other.train.masks)
+    assert not torch.equal(one.train.images[:8], one.val.images)  # train and val differ
+    items = np.random.default_rng(0).integers(0, 256, size=(10, 28, 28)).astype(np.uint8)
+    labels = np.arange(10)
+    big, small = compose_canvases(items, labels, 20, 36, 3, 7), compose_canvases(items, labels, 5, 36, 3, 7)
+    assert np.array_equal(big[0][:5], small[0]) and np.array_equal(big[1][:5], small[1])
+
+
+def test_seg_canvas_errors():
+    with pytest.raises(VitkitError, match="canvas_size"):
+        build_data(DataConfig(**{**CANVAS, "canvas_size": 20}))
+    with pytest.raises(VitkitError, match="randaugment"):
+        build_data(DataConfig(augment="randaugment", **CANVAS))
+
+
+# ---------------------------------------------------------------- folders
+def _image(path: Path, value: int, mode="RGB", size=(10, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value,) * 3).save(path)
+    return path
+
+
+def test_imagefolder_single_folder_split(tmp_path):
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(4):
+            _image(tmp_path / name / f"{i}.png", 40 * c + 10 * i, mode="L" if i == 3 else "RGB")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    b = build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, img_size=8, augment="none"))
+    assert (b.class_names, b.in_chans, b.num_classes, len(b.train), len(b.val)) == (["cat", "dog"], 3, 2, 6, 2)
+    x, y = _stack(b.val)
+    assert x.shape == (2, 3, 8, 8) and sorted(y) == [0, 1]
+
+
+def test_imagefolder_train_val_layout_and_corrupt_file(tmp_path):
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            _image(tmp_path / split / name / "x.png", 100, mode="L", size=(6, 6))
+    b = build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path), augment="none"))
+    assert (b.in_chans, b.img_size, len(b.train), len(b.val)) == (1, 6, 2, 2)
+    (tmp_path / "val" / "b" / "x.png").write_bytes(b"\x89PNG garbage")  # corrupted after the scan
+    with pytest.raises(VitkitError, match="val/b/x.png"):
+        b.val[1]
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(VitkitError, match="broken.png"):
+        build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))
+    with pytest.raises(VitkitError, match="does not exist"):
+        build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path / "missing")))
+    with pytest.raises(VitkitError, match="--data-dir"):
+        build_data(DataConfig(name="imagefolder"))
+
+
+def test_seg_folder(tmp_path):
+    for i in range(5):
+        _image(tmp_path / "images" / f"{i}.png", 30 * i, size=(8, 8))
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:4, : i + 1] = 1 + i % 2
+        Image.fromarray(mask, "L").save(_image(tmp_path / "masks" / f"{i}.png", 0, mode="L", size=(8, 8)))
+    b = build_data(DataConfig(name="seg-folder", data_dir=str(tmp_path), val_fraction=0.4, augment="none"))
+    assert (b.task, b.num_classes, b.in_chans, len(b.train), len(b.val)) == ("segmentation", 3, 3, 3, 2)
+    image, mask = b.val[0]
+    assert image.shape == (3, 8, 8) and mask.dtype == torch.long and mask.shape == (8, 8)
+    stem = b.val.pairs[0][1]
+    assert torch.equal(mask, torch.from_numpy(np.asarray(Image.open(stem)).astype(np.int64)))
+    (tmp_path / "masks" / "0.png").unlink()
+    with pytest.raises(VitkitError, match="no mask"):
+        build_data(DataConfig(name="seg-folder", data_dir=str(tmp_path)))
+
+
+# ---------------------------------------------------------------- predict-time loading
+def test_load_image_converts_channels_and_normalises(tmp_path):
+    gray = _image(tmp_path / "g.png", 51, mode="L", size=(5, 7))
+    x = load_image(gray, in_chans=3, img_size=4, mean=(0.2,), std=(0.5,))
+    torch.testing.assert_close(x, torch.zeros(3, 4, 4), atol=1e-6, rtol=0)  # 51/255 = 0.2
+    rgb = _image(tmp_path / "c.jpg", 200, size=(9, 9))
+    assert load_image(rgb, 1, 9, (0.5,), (0.25,)).shape == (1, 9, 9)
+    with pytest.raises(VitkitError, match="4 channels"):
+        load_image(rgb, 4, 9, (0.5,), (0.25,))
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    with pytest.raises(VitkitError, match="readme.txt: not an image"):
+        load_image(text, 1, 8, (0.5,), (0.5,))
+    with pytest.raises(VitkitError, match="missing.png: no such file"):
+        load_image(tmp_path / "missing.png", 1, 8, (0.5,), (0.5,))
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(_image(tmp_path / "full.png", 9, size=(30, 30)).read_bytes()[:60])
+    with pytest.raises(VitkitError, match="trunc.png"):
+        load_image(trunc, 1, 8, (0.5,), (0.5,))
+
+
+def test_list_image_files(tmp_path):
+    a = _image(tmp_path / "a.png", 1)
+    b = _image(tmp_path / "sub" / "b.jpg", 2)
+    (tmp_path / "sub" / "c.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    assert list_image_files(str(a)) == [a]
+    assert list_image_files(str(tmp_path)) == [a, b, tmp_path / "sub" / "c.txt"]
+    assert list_image_files(str(tmp_path / "**" / "*.jpg")) == [b]
+    with pytest.raises(VitkitError, match="matches no files"):
+        list_image_files(str(tmp_path / "*.bmp"))
+    with pytest.raises(VitkitError, match="no such file or folder"):
+        list_image_files(str(tmp_path / "nothing"))
