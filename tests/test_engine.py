@@ -1,0 +1,203 @@
+"""Engine units: run config, schedule, EMA, losses, metrics, checkpoints, NaN stop, resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vitkit import VitkitError, create_model, list_models
+from vitkit.engine import checkpoint as ckpt
+from vitkit.engine import loop, trainer
+from vitkit.data import build_data
+from vitkit.engine.evaluate import eval_loader, evaluate
+from vitkit.engine.logging import RunLogger as LOGGER
+from vitkit.engine.losses import TrainLoss, classification_ce, distillation_term, segmentation_ce
+from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_correct, update_confusion
+from vitkit.engine.optim import ModelEMA, warmup_cosine
+from vitkit.engine.recipes import RECIPES, get_recipe
+from vitkit.engine.run_config import RunConfig, load_run_config, resolve
+from vitkit.models.hub import load_model
+from vitkit.models.vit import DistilledOutput
+
+TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "96", "data.limit_val": "40",
+        "batch_size": "16", "epochs": "2", "tensorboard": "false", "progress": "false", "threads": "1",
+        "schedule.warmup_steps": "2", "optim.lr": "3e-3"}
+
+
+def tiny_cfg(tmp_path, **extra) -> RunConfig:
+    sets = {**TINY, "out_dir": str(tmp_path / "run"), **{k.replace("__", "."): str(v) for k, v in extra.items()}}
+    return resolve(RunConfig(model="vit_test"), sets)
+
+
+def test_resolve_typed_overrides():
+    cfg = resolve(RunConfig(), {"optim.lr": "1e-3", "model.depth": "2", "data.name": "fashion-mnist",
+                                "ema.enabled": "on", "optim.betas": "0.8,0.9"})
+    assert cfg.optim.lr == 1e-3 and cfg.model_overrides == {"depth": 2}
+    assert cfg.data.name == "fashion-mnist" and cfg.ema.enabled and cfg.optim.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("sets, words", [
+    ({"optim.lrr": "1"}, "did you mean lr"), ({"epochs": "two"}, "epochs"),
+    ({"model.depthh": "2"}, "did you mean depth"), ({"model.depth": "x"}, "depth"),
+    ({"precision": "fp16"}, "must be one of"), ({"epochs": "0"}, "out of range"),
+])
+def test_resolve_rejects_bad_overrides(sets, words):
+    with pytest.raises(VitkitError, match=words):
+        resolve(RunConfig(), sets)
+
+
+def test_recipes_resolve_for_registered_models():
+    assert get_recipe("digits_vit").model == "vit_mini_patch2_8"
+    checked = [name for name, cfg in RECIPES.items() if cfg.model in list_models()]
+    assert "digits_vit" in checked and "fmnist_vit_fast" in checked
+    for name in checked:
+        assert resolve(RECIPES[name], {}).model == RECIPES[name].model
+    with pytest.raises(VitkitError, match="unknown recipe"):
+        get_recipe("digits_vt")
+
+
+def test_warmup_cosine_shape():
+    f = [warmup_cosine(s, 4, 20, 0.1) for s in range(20)]
+    assert f[0] == pytest.approx(0.25) and f[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[3:], f[4:]))
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(12, 4, 20, 0.0) == pytest.approx(0.5)
+
+
+def test_ema_update_formula():
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.9)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight, 0.9 * before + 0.1 * model.weight)
+
+
+def test_soft_target_ce_matches_hard_ce():
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    hard = classification_ce(logits, y, 0.1)
+    torch.testing.assert_close(classification_ce(logits, F.one_hot(y, 4).float(), 0.1), hard)
+    torch.testing.assert_close(hard, F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_segmentation_loss_ignores_pixels():
+    logits = torch.randn(2, 3, 4, 4)
+    mask = torch.randint(0, 3, (2, 4, 4))
+    masked = mask.clone()
+    masked[:, :2] = 255
+    expect = F.cross_entropy(logits.permute(0, 2, 3, 1)[:, 2:].reshape(-1, 3), mask[:, 2:].reshape(-1))
+    torch.testing.assert_close(segmentation_ce(logits, masked, 255, 0.0), expect)
+
+
+def test_distillation_loss_hard_and_soft():
+    s, t, y = torch.randn(5, 4), torch.randn(5, 4), torch.randint(0, 4, (5,))
+    torch.testing.assert_close(distillation_term(s, t, "hard", 1.0), F.cross_entropy(s, t.argmax(-1)))
+    kl = (t.softmax(-1) * (t.log_softmax(-1) - s.log_softmax(-1))).sum(-1).mean()
+    torch.testing.assert_close(distillation_term(s, t, "soft", 1.0), kl)
+    teacher = lambda x: t  # noqa: E731
+    loss = TrainLoss("classification", teacher=teacher, alpha=0.25, kind="hard")
+    got = loss(DistilledOutput(s, s * 2), y, torch.zeros(5, 1))
+    torch.testing.assert_close(got, 0.75 * F.cross_entropy(s, y) + 0.25 * F.cross_entropy(s * 2, t.argmax(-1)))
+
+
+def test_metrics_by_hand():
+    logits = torch.tensor([[3.0, 2, 1], [1, 3, 2], [1, 2, 3], [3, 1, 2]])
+    y = torch.tensor([0, 2, 1, 1])
+    assert topk_correct(logits, y, (1, 2)) == {1: 1, 2: 3}
+    conf = torch.zeros(3, 3, dtype=torch.long)
+    update_confusion(conf, logits.argmax(-1), y)
+    summary = classification_summary(conf, top5=4, n=4)
+    assert summary["top1"] == 0.25 and summary["per_class_acc"] == [1.0, 0.0, 0.0]
+    seg = torch.zeros(2, 2, dtype=torch.long)
+    update_confusion(seg, torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 0], [1, 255]]), ignore_index=255)
+    s = segmentation_summary(seg)  # class 0: TP1 FN1 -> 1/2; class 1: TP1 FP1 -> 1/2
+    assert s["pixel_acc"] == pytest.approx(2 / 3) and s["miou"] == pytest.approx(0.5)
+
+
+def _state(step=3):
+    return {"epoch": 1, "batch_in_epoch": 0, "global_step": step, "history": "[]", "rng": trainer.rng_state()}
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    model = create_model("vit_test")
+    ckpt.save_checkpoint(tmp_path, model, None, _state())
+    other = create_model("vit_test")
+    assert ckpt.load_checkpoint(tmp_path, other)["global_step"] == 3
+    torch.testing.assert_close(other.state_dict(), model.state_dict())
+    weights = next((tmp_path / "checkpoint").glob("step_*")) / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    fresh = create_model("vit_test")
+    snapshot = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(VitkitError, match="corrupt or truncated"):
+        ckpt.load_checkpoint(tmp_path, fresh)
+    torch.testing.assert_close(fresh.state_dict(), snapshot)  # nothing half loaded
+    (tmp_path / "checkpoint" / "latest.json").write_text("{not json")
+    with pytest.raises(VitkitError, match="corrupt"):
+        ckpt.load_checkpoint(tmp_path, fresh)
+
+
+def test_train_writes_run_dir_and_learns(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=3, ema__enabled="true", ema__decay="0.5")
+    metrics = trainer.train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.json", "log.csv", "metrics.json", "model/model.safetensors", "checkpoint/latest.json",
+                 "plots/curves.png", "plots/confusion.png"):
+        assert (run / name).is_file(), name
+    saved = load_run_config(run)
+    assert saved.data.img_size == 8 and saved.model_overrides == {"img_size": 8, "patch_size": 2}
+    assert json.loads((run / "metrics.json").read_text())["top1"] == metrics["top1"]
+    history = LOGGER(run).read_history(99)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["class_names"][:2] == ["0", "1"] and meta["preprocess"]["img_size"] == 8
+    bundle = build_data(saved.data)  # the published (EMA) weights reproduce the final metrics
+    again = evaluate(load_model(run), eval_loader(bundle.val, 64), "classification", 10)
+    assert again["top1"] == metrics["top1"] and again["confusion"] == metrics["confusion"]
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, epochs=3)
+    original = loop._forward_backward
+    calls = {"n": 0}
+
+    def poisoned(run, images, target, sync):
+        calls["n"] += 1
+        loss, logits = original(run, images, target, sync)
+        return (float("nan") if calls["n"] == 8 else loss), logits  # 6 batches per epoch: NaN in epoch 2
+
+    monkeypatch.setattr(loop, "_forward_backward", poisoned)
+    with pytest.raises(loop.NonFiniteLoss, match="loss is nan at epoch 2"):
+        trainer.train(cfg)
+    manifest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
+    assert manifest["epoch"] == 1 and manifest["global_step"] == 6
+
+
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
+    """SIGINT mid-epoch saves a checkpoint; resuming ends with the uninterrupted weights."""
+    full = tiny_cfg(tmp_path / "a", data__augment="basic")
+    trainer.train(full)
+    cut = tiny_cfg(tmp_path / "b", data__augment="basic")
+    original = loop.train_one_epoch
+
+    def interrupt_in_epoch_2(run, loader, epoch, start_batch, stop):
+        stop.requested = epoch == 1 and start_batch == 0
+        return original(run, loader, epoch, start_batch, stop)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_in_epoch_2)
+    with pytest.raises(trainer.Interrupted, match="--resume"):
+        trainer.train(cut)
+    manifest = json.loads((tmp_path / "b" / "run" / "checkpoint" / "latest.json").read_text())
+    assert manifest["epoch"] == 1 and 0 < manifest["global_step"] < 12
+    trainer.train(cut, resume=True)
+    a = load_file(tmp_path / "a" / "run" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "model" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert math.isfinite(json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())["loss"])
