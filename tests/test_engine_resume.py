@@ -1,0 +1,62 @@
+"""A run SIGKILLed mid-epoch and resumed ends bit-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+ARGS = ["--model", "vit_test", "--set", "model.img_size=8", "model.patch_size=2", "data.limit_train=256",
+        "data.limit_val=32", "batch_size=16", "epochs=3", "tensorboard=false", "progress=false", "threads=1",
+        "schedule.warmup_steps=3", "optim.lr=3e-3", "ema.enabled=true", "ema.decay=0.9"]
+
+
+def _train(*extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "vitkit.cli", "train", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_after_first_checkpoint(proc, run_dir, timeout=120.0) -> None:
+    latest = run_dir / "checkpoint" / "latest.json"
+    deadline = time.monotonic() + timeout
+    while not latest.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    ref = _train(*ARGS, "--out", str(full))
+    victim = _train(*ARGS, "--out", str(killed))
+    _kill_after_first_checkpoint(victim, killed)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    resumed = _train("--resume", str(killed))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    a, b = _weights(full / "model" / "model.safetensors"), _weights(killed / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ckpt_a = json.loads((full / "checkpoint" / "latest.json").read_text())
+    ckpt_b = json.loads((killed / "checkpoint" / "latest.json").read_text())
+    for name in ("model.safetensors", "ema.safetensors"):  # raw and EMA weights (state.pt holds timings)
+        assert ckpt_a["files"][name] == ckpt_b["files"][name], name
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 48
+    assert json.loads((full / "metrics.json").read_text())["top1"] == json.loads((killed / "metrics.json").read_text())["top1"]
