@@ -122,3 +122,31 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, match):
 def test_unknown_fusion_raises():
     with pytest.raises(VitkitError, match="head fusion"):
         attention_rollout([torch.rand(1, 2, 3, 3)], "median")
+
+
+@pytest.mark.parametrize("name", ["vt_resnet_test", "vt_fpn_test"])
+def test_vt_tokenizer_and_projector_maps(tmp_path, name):
+    from vitkit.tools.explain_vt import explain_vt, save_vt_explanation
+
+    torch.manual_seed(0)
+    model = vitkit.create_model(name).eval()
+    size = model.config.img_size
+    x = torch.randn(2, model.config.in_chans, size, size)
+    with torch.no_grad():
+        fused = model(x)
+    exp = explain_vt(model, x)
+    torch.testing.assert_close(exp.logits, fused)
+    assert len(exp.names) >= 1 and len(exp.tokenizer) == len(exp.names)
+    for tok, proj in zip(exp.tokenizer, exp.projector):
+        b, n_tokens, gh, gw = tok.shape
+        assert b == 2 and gh * gw >= 1
+        torch.testing.assert_close(tok.sum((-2, -1)), torch.ones(2, n_tokens))  # softmax over HW
+        if proj is not None:
+            torch.testing.assert_close(proj.sum(1), torch.ones(2, gh, gw))  # softmax over L
+    paths = save_vt_explanation(exp, torch.rand(3, size, size), tmp_path)
+    assert paths and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_model_without_attention_is_error(tmp_path):
+    with pytest.raises(VitkitError, match="no attention"):
+        explain(vitkit.create_model("resnet_test").eval(), torch.randn(1, 3, 32, 32))

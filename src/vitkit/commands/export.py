@@ -1,0 +1,47 @@
+"""``vitkit export MODEL_OR_RUN --format onnx|torch-export``: export and verify against PyTorch."""
+from __future__ import annotations
+
+HELP = "export to ONNX (dynamic batch, checked with onnxruntime) or torch.export (.pt2)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="registered model name, save_pretrained dir or `vitkit train` run dir")
+    p.add_argument("--format", default="onnx", help="onnx (default) or torch-export")
+    p.add_argument("--out", default=None, help="output file (default: <model name>.onnx / .pt2)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--img-size", type=int, default=None, help="export for this image size (default: the model's)")
+    p.add_argument("--images", nargs="+", default=None,
+                   help="image files to check the export on (default: random batches of 1 and 3)")
+
+
+def _inputs(args, model, pre):
+    if not args.images:
+        return None
+    import torch
+
+    from vitkit.tools.common import load_image_tensor
+
+    x = torch.cat([load_image_tensor(p, pre) for p in args.images])  # (B, C, H, W)
+    x3 = x.repeat(3, 1, 1, 1)[:3]  # at least batch 1 and batch 3
+    return {1: x[:1], 3: x3, **({len(x): x} if len(x) > 3 else {})}
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from vitkit.errors import VitkitError
+    from vitkit.tools.common import load_with_metadata
+    from vitkit.tools.export import FORMATS, SUFFIX, export_model
+
+    if args.format not in FORMATS:
+        raise VitkitError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    overrides = {"img_size": args.img_size} if args.img_size else {}
+    model, pre, _ = load_with_metadata(args.model, **overrides)
+    out = args.out or f"{Path(str(args.model).rstrip('/')).name}{SUFFIX[args.format]}"
+    res = export_model(model, out, args.format, args.opset, pre.img_size, _inputs(args, model, pre))
+    detail = f"opset {res.opset}, " if res.opset else ""
+    print(f"wrote {res.path} ({args.format}, {detail}dynamic batch axis, input (B, {pre.in_chans}, "
+          f"{pre.img_size[0]}, {pre.img_size[1]}))")
+    for b, diff in res.max_abs_diff.items():
+        print(f"batch {b}: max |exported - pytorch| = {diff:.3e}")
+    return 0
