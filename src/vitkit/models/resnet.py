@@ -1,7 +1,7 @@
 """ResNet baselines (He et al., CVPR 2016) from torchvision blocks, randomly initialised.
 
-Module names follow torchvision (``trunk.conv1``, ``trunk.bn1``, ``trunk.layer1..4``, ``fc``), so
-a torchvision state dict of the same depth and width loads after prefixing ``trunk.``. ``small_stem`` swaps the 7x7/2 stem and
+Module names follow torchvision (``trunk.conv1``, ``trunk.bn1``, ``trunk.layer1..4``,
+``fc``): a torchvision state dict of the same depth and width loads after prefixing ``trunk.``. ``small_stem`` swaps the 7x7/2 stem and
 max-pool for a 3x3/1 convolution, for 28-32 px images.
 """
 from __future__ import annotations
