@@ -59,7 +59,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, broadcast_buffers=False)
+    return DistributedDataParallel(model)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -50,6 +50,7 @@ class Run:
     logger: RunLogger
     global_step: int = 0
     history: list = field(default_factory=list)
+    validated_last: bool = False  # the last epoch's validation ran (on every rank's say-so)
 
     @property
     def task(self) -> str:
@@ -232,6 +233,7 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
                                   f"checkpoint saved: continue with --resume {run.run_dir}")
             last = epoch + 1 == cfg.epochs
             metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
+            run.validated_last = last
             run.history.append(epoch_row(run, epoch, stats, metrics))
             run.logger.log_epoch(run.history)
             print_epoch(run, run.history[-1])
@@ -245,7 +247,7 @@ def finish(run: Run, metrics: dict | None) -> dict:
     """metrics.json and plots of the final eval weights (rank 0)."""
     from vitkit.engine.report import write_report
 
-    if metrics is None:
+    if not run.validated_last:
         metrics = validate(run)
     if run.info.is_main:
         write_report(run, metrics)
