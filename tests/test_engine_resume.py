@@ -22,41 +22,56 @@ def _train(*extra):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _kill_after_first_checkpoint(proc, run_dir, timeout=120.0) -> None:
+def _signal_after_first_checkpoint(proc, run_dir, sig=signal.SIGKILL, timeout=120.0) -> None:
     latest = run_dir / "checkpoint" / "latest.json"
     deadline = time.monotonic() + timeout
     while not latest.exists():
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
 
 
 def _weights(path):
     return load_file(str(path))
 
 
-def test_sigkill_mid_epoch_then_resume_is_identical(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    ref = _train(*ARGS, "--out", str(full))
-    victim = _train(*ARGS, "--out", str(killed))
-    _kill_after_first_checkpoint(victim, killed)
-    assert victim.returncode == -signal.SIGKILL
-    assert not (killed / "metrics.json").exists()
-    assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
-    out, _ = ref.communicate(timeout=300)
-    assert ref.returncode == 0, out
-    resumed = _train("--resume", str(killed))
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out
-    a, b = _weights(full / "model" / "model.safetensors"), _weights(killed / "model" / "model.safetensors")
+def _assert_same_run(full, other) -> None:
+    a, b = _weights(full / "model" / "model.safetensors"), _weights(other / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     ckpt_a = json.loads((full / "checkpoint" / "latest.json").read_text())
-    ckpt_b = json.loads((killed / "checkpoint" / "latest.json").read_text())
+    ckpt_b = json.loads((other / "checkpoint" / "latest.json").read_text())
     for name in ("model.safetensors", "ema.safetensors"):  # raw and EMA weights (state.pt holds timings)
         assert ckpt_a["files"][name] == ckpt_b["files"][name], name
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 48
-    assert json.loads((full / "metrics.json").read_text())["top1"] == json.loads((killed / "metrics.json").read_text())["top1"]
+    assert json.loads((full / "metrics.json").read_text())["top1"] == json.loads((other / "metrics.json").read_text())["top1"]
+
+
+def _resume(run_dir) -> None:
+    resumed = _train("--resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+
+
+def test_sigkill_or_ctrl_c_mid_epoch_then_resume_is_identical(tmp_path):
+    full, killed, stopped = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c"
+    ref = _train(*ARGS, "--out", str(full))
+    victim = _train(*ARGS, "--out", str(killed))
+    _signal_after_first_checkpoint(victim, killed)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
+    polite = _train(*ARGS, "--out", str(stopped))
+    _signal_after_first_checkpoint(polite, stopped, signal.SIGINT)
+    out = polite.stdout.read()
+    assert polite.returncode == 130 and f"--resume {stopped}" in out, out
+    manifest = json.loads((stopped / "checkpoint" / "latest.json").read_text())
+    assert not manifest["dir"].endswith("_b000000"), manifest  # saved mid-epoch, at a step boundary
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    for run_dir in (killed, stopped):
+        _resume(run_dir)
+        _assert_same_run(full, run_dir)
