@@ -110,6 +110,10 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if cfg.compile and not cfg.train:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # inference: fold weights into the graph (oneDNN prepacking)
     runnable = torch.compile(model) if cfg.compile else model
     return runnable, x, model
 

@@ -1,0 +1,93 @@
+"""Regenerate the README speed table: vitkit vs timm (same config), interleaved, same process.
+
+    python benchmarks/bench_vs_timm.py [--quick] [--json OUT.json]
+
+For each model (vit_small_patch16_224 at 224 px, vit_small_patch4_32 at 32 px), batch 32:
+inference fp32 eager (vitkit vs timm), vitkit bf16 and torch.compile (vs timm fp32 eager),
+training fp32 and bf16-autocast (vitkit vs timm), and training peak memory with gradient
+checkpointing. Every row of a group runs interleaved in rounds, so machine load hits all alike.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+
+import torch
+
+from vitkit.models.hub import load_model
+from vitkit.tools.bench import BenchConfig, input_batch, measure
+from vitkit.tools.bench_timm import timm_equivalent
+from vitkit.tools.measure import matmul_peak, time_steps
+
+MODELS = ("vit_small_patch16_224", "vit_small_patch4_32")
+
+
+def run_group(name: str, rows: list[tuple[str, str, BenchConfig]], peaks: dict) -> list[dict]:
+    """rows: (label, "vitkit"|"timm", cfg); all run interleaved on the same input batch."""
+    torch.manual_seed(0)
+    base = load_model(name)
+    x = input_batch(base, rows[0][2])
+    runners = []
+    for label, lib, cfg in rows:
+        model = load_model(name) if lib == "vitkit" else timm_equivalent(base)
+        runners.append((label, cfg, *measure(label, model, x, cfg, peaks[cfg.dtype])))
+    for _, cfg, step, _ in runners:
+        time_steps(step, 0, cfg.warmup)
+    times = [[] for _ in runners]
+    for _ in range(rows[0][2].rounds):
+        for (_, cfg, step, _), acc in zip(runners, times):
+            acc += time_steps(step, cfg.iters, 0)
+    out = []
+    for (label, cfg, _, finish), t in zip(runners, times):
+        r = finish(t)._asdict()
+        out.append(dict(r, model=name, label=label, mode="train" if cfg.train else "infer", dtype=cfg.dtype,
+                        compile=cfg.compile, grad_ckpt=cfg.grad_checkpointing, times=t))
+        print(f"  {name:<24} {label:<28} {r['imgs_per_s']:8.1f} img/s  {r['step_s'] * 1e3:9.1f} ms  "
+              f"{(r['peak_mem_bytes'] or 0) / 2**20:8.1f} MiB  {r['peak_fraction']:6.1%} of peak", flush=True)
+    return out
+
+
+def groups(quick: bool):
+    it = dict(batch_size=32, iters=1 if quick else 2, rounds=2 if quick else 3, warmup=1)
+    c = lambda **kw: BenchConfig("", **dict(it, **kw))  # noqa: E731
+    yield "inference", [("timm fp32 eager", "timm", c(memory=False)),
+                        ("vitkit fp32 eager", "vitkit", c(memory=False)),
+                        ("vitkit bf16 eager", "vitkit", c(dtype="bf16", memory=False)),
+                        ("vitkit fp32 compile", "vitkit", c(compile=True, memory=False))]
+    yield "training fp32", [("timm fp32 train", "timm", c(train=True)),
+                            ("vitkit fp32 train", "vitkit", c(train=True)),
+                            ("vitkit fp32 train + grad ckpt", "vitkit", c(train=True, grad_checkpointing=True)),
+                            ("vitkit fp32 train compile", "vitkit", c(train=True, compile=True, memory=False))]
+    yield "training bf16", [("timm bf16-autocast train", "timm", c(train=True, dtype="bf16", memory=False)),
+                            ("vitkit bf16-autocast train", "vitkit", c(train=True, dtype="bf16", memory=False))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "loadavg_start": os.getloadavg(), "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}
+    print(json.dumps(meta), flush=True)
+    results = []
+    for name in args.models:
+        for group, rows in groups(args.quick):
+            print(f"[{group}]", flush=True)
+            results += run_group(name, rows, peaks)
+    meta["loadavg_end"] = os.getloadavg()
+    print(json.dumps({"loadavg_end": meta["loadavg_end"]}))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
