@@ -1,7 +1,9 @@
 """What explain, export and bench share: load a model with its preprocessing, read an image."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
 import torch
 
 from vitkit.errors import VitkitError
@@ -45,7 +47,10 @@ def load_with_metadata(spec, **overrides):
     model = load_model(spec, **overrides).eval()
     model_dir = resolve_model_dir(spec)
     meta = read_metadata(model_dir) if model_dir is not None else {}
-    return model, preprocess_for(model, meta), meta
+    pre = preprocess_for(model, meta)
+    if "img_size" in overrides:  # an explicit size wins over the saved one
+        pre = dataclasses.replace(pre, img_size=to_2tuple(overrides["img_size"]))
+    return model, pre, meta
 
 
 def load_image_tensor(path, pre: Preprocess) -> torch.Tensor:
