@@ -201,3 +201,21 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert math.isfinite(json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())["loss"])
+
+
+def test_grad_accum_equals_big_batch(tmp_path):
+    """batch 8 x 2 accumulation steps == batch 16 (same samples per optimizer step)."""
+    big = trainer.train(tiny_cfg(tmp_path / "big", epochs=1, data__augment="none"))
+    acc = trainer.train(tiny_cfg(tmp_path / "acc", epochs=1, data__augment="none", batch_size=8, grad_accum=2))
+    a = load_file(tmp_path / "big" / "run" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "acc" / "run" / "model" / "model.safetensors")
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert acc["top1"] == pytest.approx(big["top1"], abs=0.05)
+
+
+def test_bf16_mixup_run(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1, precision="bf16", data__mixup_alpha="0.4", data__cutmix_alpha="0.4")
+    metrics = trainer.train(cfg)
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["top1"] <= 1.0
+    manifest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
+    assert manifest["global_step"] == 6
