@@ -219,3 +219,11 @@ def test_bf16_mixup_run(tmp_path):
     assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["top1"] <= 1.0
     manifest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
     assert manifest["global_step"] == 6
+
+
+def test_compiled_model_saves_plain_weights(tmp_path):
+    """torch.compile wraps the module; checkpoints and model/ hold the plain module's keys."""
+    trainer.train(tiny_cfg(tmp_path, epochs=1, compile="true", data__limit_val="16"))
+    loaded = load_model(tmp_path / "run")  # strict load: no `_orig_mod.` prefixes
+    state = load_file(next((tmp_path / "run" / "checkpoint").glob("step_*")) / "model.safetensors")
+    assert set(state) == set(loaded.state_dict())
