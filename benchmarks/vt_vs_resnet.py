@@ -1,0 +1,109 @@
+"""VT-ResNet-18 vs ResNet-18 (small-image variants) under one recipe: accuracy, FLOPs, params, images/s.
+
+    python benchmarks/vt_vs_resnet.py --data digits --seeds 2
+    python benchmarks/vt_vs_resnet.py --data fmnist --seeds 2 --epochs 2 --limit-train 12000
+    python benchmarks/vt_vs_resnet.py --quick --data-dir D    # smoke test (tiny presets, 1 epoch)
+
+Wu et al. (2020/2021), Table 2: VT-ResNet-18 beats ResNet-18 with fewer FLOPs. Both models
+here share the recipe (optimizer, schedule, augmentation, batch, epochs); only the model differs.
+FLOPs are multiply-adds per image (`vitkit flops`, GMACs = what the papers call FLOPs).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PAIRS = {"digits": ("digits_resnet18", "digits_vt_resnet18"), "fmnist": ("fmnist_resnet18", "fmnist_vt_resnet18")}
+QUICK_MODELS = {"resnet18_28": "resnet_test_small", "vt_resnet18_28": "vt_resnet_test_small"}
+
+
+def model_cost(cfg) -> dict:
+    """Parameters and multiply-adds per image of the exact model trained (classes, size from the data)."""
+    from vitkit.tools.flops import count_flops
+    from vitkit.engine.trainer import build_model, resolve_data_config
+    from vitkit.data import build_data
+
+    cfg = resolve_data_config(cfg)
+    model = build_model(cfg, build_data(cfg.data))
+    rep = count_flops(model, cfg.data.img_size, part=None)
+    return {"params": rep.params, "macs": rep.macs}
+
+
+def run_pair(data: str, args, out: Path) -> list[dict]:
+    rows = []
+    for recipe in PAIRS[data]:
+        sets = _sets(args, data)
+        per_seed = []
+        for seed in range(args.seeds):
+            cfg = common.make_config(recipe, {**sets, "seed": seed}, out / "runs" / f"{recipe}_s{seed}", extra=args.set)
+            if args.quick:
+                cfg = common.make_config(recipe, {**sets, "seed": seed, "model": QUICK_MODELS[cfg.model],
+                                                  "data.img_size": 16}, Path(cfg.out_dir))
+            per_seed.append(common.run_training(cfg))
+        rows.append({"data": data, "recipe": recipe, "model": cfg.model, "epochs": cfg.epochs,
+                     "train_images": per_seed[0]["history"] and _train_images(cfg), **model_cost(cfg),
+                     "top1": [r["metrics"]["top1"] for r in per_seed],
+                     "train_img_per_s": [r["train_img_per_s"] for r in per_seed],
+                     "wall_s": [r["wall_s"] for r in per_seed], "load_mean": [r["load_mean"] for r in per_seed],
+                     "threads": cfg.threads})
+    return rows
+
+
+def _train_images(cfg) -> int:
+    from vitkit.data import build_data
+
+    return len(build_data(cfg.data).train)
+
+
+def _sets(args, data: str) -> dict:
+    sets = {}
+    if data == "fmnist" and args.data_dir:
+        sets["data.data_dir"] = args.data_dir
+    if args.epochs:
+        sets["epochs"] = args.epochs
+    if args.threads is not None:
+        sets["threads"] = args.threads
+    if args.limit_train:
+        sets["data.limit_train"] = args.limit_train
+    if args.quick:
+        sets.update(common.quick_overrides())
+    return sets
+
+
+def tables(rows: list[dict]) -> str:
+    headers = ["data", "model", "epochs", "train images", "test top-1 (%) mean ± std", "GMACs / image",
+               "params (M)", "train img/s", "wall s / run", "threads", "load avg"]
+    body = [[r["data"], r["model"], r["epochs"], r["train_images"], common.fmt_pm(r["top1"]),
+             f"{r['macs'] / 1e9:.3f}", f"{r['params'] / 1e6:.2f}", f"{common.mean_std(r['train_img_per_s'])[0]:.0f}",
+             f"{common.mean_std(r['wall_s'])[0]:.0f}", r["threads"] or "default",
+             f"{common.mean_std(r['load_mean'])[0]:.1f}"] for r in rows]
+    claim = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        base, vt = [r for r in rows if r["data"] == data][:2]
+        d_acc = 100 * (common.mean_std(vt["top1"])[0] - common.mean_std(base["top1"])[0])
+        ratio = vt["macs"] / base["macs"]
+        holds = d_acc > 0 and ratio < 1
+        claim.append([data, f"{d_acc:+.2f}", f"{ratio:.2f}x", "yes" if holds else "no"])
+    claim_t = common.md_table(["data", "VT - ResNet top-1 (pp)", "VT / ResNet MACs", "higher accuracy at fewer FLOPs"],
+                              claim)
+    return common.md_table(headers, body) + "\n\n" + claim_t
+
+
+def main(argv=None) -> list[dict]:
+    p = common.base_parser(__doc__.splitlines()[0], "benchmarks/results")
+    p.add_argument("--data", choices=["digits", "fmnist", "both"], default="digits")
+    p.add_argument("--limit-train", type=int, default=None, help="train on a seeded subset (reduced budget)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    datasets = ["digits", "fmnist"] if args.data == "both" else [args.data]
+    rows = [row for data in datasets for row in run_pair(data, args, out)]
+    name = "vt_vs_resnet_" + args.data
+    common.write_results(out, name, "VT-ResNet-18 vs ResNet-18 (same recipe and epochs)", tables(rows), {"rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The result benchmarks (benchmarks/*.py) run end to end in --quick mode and write well-formed tables.
+
+Fashion-MNIST is replaced by small fake gz IDX files, so the tests need no data set installed.
+They check that each script runs and reports, not the accuracy.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """Import benchmarks/NAME.py as a module (the folder is not a package)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    magic = {3: 0x803, 1: 0x801}[array.ndim]
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_fmnist(tmp_path_factory) -> str:
+    """Fashion-MNIST-shaped IDX files: 300 train / 150 test images, labels 0..9 (label-dependent blobs)."""
+    root = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 150)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, size=(n, 28, 28))
+        for i, y in enumerate(labels):
+            images[i, 2 * y:2 * y + 8, 4:24] = 200  # a class-dependent band (and silhouette for seg-canvas)
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return str(root)
+
+
+def table_shapes(text: str) -> list[tuple[int, int]]:
+    """(columns, data rows) of each markdown table in ``text``; asserts every table is well formed."""
+    shapes, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            cells = [len(re.split(r"(?<!\\)\|", row)) - 2 for row in block]  # unescaped pipes
+            assert all(row.endswith("|") for row in block), block
+            assert set(block[1].strip("|").split("|")) == {"---"}, block[1]
+            assert len(set(cells)) == 1 and len(block) >= 3, block
+            shapes.append((cells[0], len(block) - 2))
+            block = []
+    return shapes
+
+
+def _outputs(out: Path, name: str) -> tuple[list, dict]:
+    text = (out / f"{name}.md").read_text()
+    assert "Command: `" in text and "Date: " in text and "Machine: " in text
+    return table_shapes(text), json.loads((out / f"{name}.json").read_text())
+
+
+def test_md_table_and_stats():
+    common = load("common")
+    assert table_shapes(common.md_table(["a", "b"], [[1, "x|y"], [2, 3]])) == [(2, 2)]
+    with pytest.raises(ValueError, match="cells"):
+        common.md_table(["a", "b"], [[1]])
+    m, s = common.mean_std([0.9, 0.92])
+    assert m == pytest.approx(0.91) and s == pytest.approx(0.0141421, rel=1e-4)
+    assert common.fmt_pm([0.5]) == "50.00 ± 0.00 (n=1)"
+
+
+def test_fmnist_vit_quick(tmp_path, fake_fmnist, capsys):
+    rows = load("fmnist_vit").main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    assert "| recipe |" in capsys.readouterr().out
+    shapes, raw = _outputs(tmp_path, "fmnist_vit")
+    assert shapes == [(10, 1)] and raw["rows"][0]["recipe"] == "fmnist_vit_fast"
+    assert 0.0 <= rows[0]["top1"] <= 1.0 and rows[0]["curve"] and rows[0]["curve"][0][0] > 0
+    assert (tmp_path / "fmnist_vit_curve.png").stat().st_size > 1000
+
+
+def test_vt_vs_resnet_quick(tmp_path, fake_fmnist):
+    rows = load("vt_vs_resnet").main(["--quick", "--data", "both", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    shapes, raw = _outputs(tmp_path, "vt_vs_resnet_both")
+    assert shapes == [(11, 4), (4, 2)]
+    assert [r["data"] for r in raw["rows"]] == ["digits", "digits", "fmnist", "fmnist"]
+    assert all(r["macs"] > 0 and r["params"] > 0 and len(r["top1"]) == 1 for r in rows)
+
+
+def test_seg_fpn_quick(tmp_path, fake_fmnist):
+    rows = load("seg_fpn").main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    shapes, _ = _outputs(tmp_path, "seg_fpn")
+    assert shapes == [(11, 2), (3, 1)]
+    assert [r["model"] for r in rows] == ["fpn_test", "vt_fpn_test"]
+    assert rows[1]["neck_macs"] < rows[0]["neck_macs"] and 0.0 <= rows[0]["miou"][0] <= 1.0
+
+
+def test_ablations_quick(tmp_path, fake_fmnist):
+    ab = load("ablations")
+    rows = ab.main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    shapes, _ = _outputs(tmp_path, "ablations")
+    assert shapes == [(8, len(ab.VARIANTS))]
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["L=32 tokens"]["vt_macs"] > by_name["L=8 tokens"]["vt_macs"]
+    assert by_name["no transformer"]["params"] < rows[0]["params"]
