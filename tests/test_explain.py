@@ -147,6 +147,13 @@ def test_vt_tokenizer_and_projector_maps(tmp_path, name):
     assert paths and all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_vit_seg_explains_its_backbone():
+    model = vitkit.create_model("vit_seg_test").eval()
+    x = torch.randn(1, 3, 16, 16)
+    exp = explain(model, x)
+    assert exp.logits.shape[-2:] == (16, 16) and exp.rollout.shape == (1, 4, 4)
+
+
 def test_model_without_attention_is_error(tmp_path):
     with pytest.raises(VitkitError, match="no attention"):
         explain(vitkit.create_model("resnet_test").eval(), torch.randn(1, 3, 32, 32))

@@ -70,31 +70,38 @@ def _layer_indices(layers: Sequence[int] | None, depth: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _inner_vit(model: nn.Module) -> nn.Module | None:
+    """The model itself if it is a ViT, else its first ViT submodule (e.g. a ViT-seg backbone)."""
+    return next((m for m in model.modules() if _is_vit(m)), None)
+
+
 @torch.no_grad()
 def explain_vit(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None,
                 fusion: Fusion = "mean") -> ViTExplanation:
-    """Run ``model`` on ``x`` (B, C, H, W) once, capturing every block's attention."""
-    if not _is_vit(model):
-        raise VitkitError(f"{type(model).__name__} is not a ViT; use vitkit.tools.explain.explain()")
+    """Run ``model`` on ``x`` (B, C, H, W) once, capturing every block's attention of its ViT."""
+    vit = _inner_vit(model)
+    if vit is None:
+        raise VitkitError(f"{type(model).__name__} has no ViT inside; use vitkit.tools.explain.explain()")
     was_training = model.training
     model.eval()
     try:
-        with capture_attention(model):
+        with capture_attention(vit):
             logits = model(x)
-            attns = [blk.attn.last_attn for blk in model.blocks]  # L x (B, heads, N, N)
+            attns = [blk.attn.last_attn for blk in vit.blocks]  # L x (B, heads, N, N)
     finally:
         model.train(was_training)
-    grid = model.patch_embed.grid(*x.shape[-2:])
+    attns = [a for a in attns if a is not None]  # a dense head may stop before the last block
+    grid = vit.patch_embed.grid(*x.shape[-2:])
     take = _layer_indices(layers, len(attns))
     stacked = torch.stack([attns[i] for i in take])  # (L, B, heads, N, N)
-    cls_maps = torch.stack([token_maps(attns[i], model.num_prefix, grid) for i in take])
-    roll = rollout_to_patches(attention_rollout(attns, fusion), model.num_prefix, grid)
-    return ViTExplanation(logits, stacked, cls_maps, roll, take, model.num_prefix, grid)
+    cls_maps = torch.stack([token_maps(attns[i], vit.num_prefix, grid) for i in take])
+    roll = rollout_to_patches(attention_rollout(attns, fusion), vit.num_prefix, grid)
+    return ViTExplanation(logits, stacked, cls_maps, roll, take, vit.num_prefix, grid)
 
 
 def explain(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None, fusion: Fusion = "mean"):
-    """A :class:`ViTExplanation` for a ViT, a ``VTExplanation`` for a VT model."""
-    if _is_vit(model):
+    """A :class:`ViTExplanation` for a ViT (or a model built on one), a ``VTExplanation`` for VT."""
+    if _inner_vit(model) is not None:
         return explain_vit(model, x, layers, fusion)
     from vitkit.tools.explain_vt import explain_vt, is_vt
 
