@@ -69,12 +69,34 @@ def groups(quick: bool):
                             ("vitkit bf16-autocast train", "vitkit", c(train=True, dtype="bf16", memory=False))]
 
 
+def to_markdown(results: list[dict]) -> str:
+    """The README table: one row per measurement, the ratio against timm of the same group."""
+    lines = ["| model | step | config | img/s | step (s) | peak MiB | % of matmul peak | vs timm fp32/same dtype |",
+             "|---|---|---|---|---|---|---|---|"]
+    ref = {}
+    for r in results:
+        if r["label"].startswith("timm"):
+            ref[(r["model"], r["mode"], r["dtype"])] = r["imgs_per_s"]
+    for r in results:
+        base = ref.get((r["model"], r["mode"], r["dtype"] if r["mode"] == "train" else "fp32"))
+        mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] else "-"
+        ratio = f"{r['imgs_per_s'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['model']} | {r['mode']} | {r['label']} | {r['imgs_per_s']:.2f} | {r['step_s']:.2f} "
+                     f"| {mem} | {r['peak_fraction']:.0%} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--from-json", default=None, help="only print the markdown table of a saved run")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as fh:
+            print(to_markdown(json.load(fh)["results"]))
+        return
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -91,6 +113,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "results": results}, fh, indent=2, default=str)
+    print(to_markdown(results))
 
 
 if __name__ == "__main__":
