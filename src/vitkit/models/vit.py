@@ -223,6 +223,9 @@ def _small_image_presets() -> dict[str, ViTConfig]:
         "vit_mini_patch2_8": _vit(img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=4, num_heads=4,
                                   num_classes=10),
         "vit_mini_patch4_28": _vit(img_size=28, patch_size=4, in_chans=1, **mini),
+        # recipe fmnist_vit_fast: 16 tokens of 7x7, mean-pooled; sized for a 10-minute budget on 2 busy cores
+        "vit_tiny_patch7_28": _vit(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4, num_heads=4,
+                                   mlp_ratio=2.0, class_token=False, global_pool="avg", num_classes=10),
         "vit_mini_patch2_28": _vit(img_size=28, patch_size=2, in_chans=1, **mini),
         "vit_mini_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, **mini),
         "vit_small_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, embed_dim=384, depth=12,
