@@ -178,3 +178,32 @@ def quick_overrides(limit_train: int = 256, limit_val: int = 128) -> dict:
 
 def today() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def train_speed(models: dict, batch: int, img_size: int, in_chans: int, rounds: int = 3, steps: int = 2,
+                threads: int = 1) -> dict:
+    """Training images/s of each model, measured interleaved (A, B, A, B, ...) on random data: median of rounds.
+
+    Interleaving spreads the load of a shared machine evenly over the models compared.
+    """
+    import statistics
+
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, in_chans, img_size, img_size)
+    y = torch.randint(0, 2, (batch,))
+    state = {}
+    for name, model in models.items():
+        model.train()
+        state[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), [])
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, (model, opt, times) in state.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                out = model(x)
+                loss = out.float().mean() if out.ndim > 2 else torch.nn.functional.cross_entropy(out, y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if r:
+                times.append(batch * steps / (time.perf_counter() - t))
+    return {name: statistics.median(times) for name, (_, _, times) in state.items()}

@@ -94,9 +94,9 @@ def test_fmnist_vit_quick(tmp_path, fake_fmnist, capsys):
 def test_vt_vs_resnet_quick(tmp_path, fake_fmnist):
     rows = load("vt_vs_resnet").main(["--quick", "--data", "both", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
     shapes, raw = _outputs(tmp_path, "vt_vs_resnet_both")
-    assert shapes == [(11, 4), (4, 2)]
+    assert shapes == [(12, 4), (4, 2)]
     assert [r["data"] for r in raw["rows"]] == ["digits", "digits", "fmnist", "fmnist"]
-    assert all(r["macs"] > 0 and r["params"] > 0 and len(r["top1"]) == 1 for r in rows)
+    assert all(r["macs"] > 0 and r["params"] > 0 and len(r["top1"]) == 1 and r["bench_img_per_s"] > 0 for r in rows)
 
 
 def test_seg_fpn_quick(tmp_path, fake_fmnist):
