@@ -136,20 +136,25 @@ def build_imagefolder(cfg: DataConfig) -> DataBundle:
         samples, classes = scan_classes(root)
         train_idx, val_idx = stratified_split([s[1] for s in samples], cfg.val_fraction, cfg.seed)
         train_s, val_s = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
-    in_chans, img_size = _probe(train_s[0][0], cfg)
-    mean, std = _stats([p for p, _ in train_s], in_chans, img_size, cfg.seed)
-    make = lambda s, train: FolderDataset(s, in_chans, ClassificationTransform(cfg, img_size, mean, std, train))  # noqa: E731
+    make = lambda s, chans, transform: FolderDataset(s, chans, transform)  # noqa: E731
+    return _folder_bundle(cfg, "classification", train_s, val_s, classes, make, ClassificationTransform)
+
+
+def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: list, classes: list[str],
+                   make, transform_cls) -> DataBundle:
+    """Probe channels/size and normalisation on the training images, then wrap both splits."""
+    in_chans, img_size = _probe(train_items[0][0], cfg)
+    mean, std = _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed)
+
+    def split(items, train: bool, limit, label):
+        data = make(items, in_chans, transform_cls(cfg, img_size, mean, std, train))
+        return seeded_subset(data, limit, cfg.seed, label)
+
     return DataBundle(
-        train=seeded_subset(make(train_s, True), cfg.limit_train, cfg.seed, "limit_train"),
-        val=seeded_subset(make(val_s, False), cfg.limit_val, cfg.seed, "limit_val"),
-        task="classification",
-        num_classes=len(classes),
-        in_chans=in_chans,
-        img_size=img_size,
-        class_names=classes,
-        mean=mean,
-        std=std,
-        batch_transform=build_batch_transform(cfg, "classification", len(classes)),
+        train=split(train_items, True, cfg.limit_train, "limit_train"),
+        val=split(val_items, False, cfg.limit_val, "limit_val"),
+        task=task, num_classes=len(classes), in_chans=in_chans, img_size=img_size, class_names=classes,
+        mean=mean, std=std, batch_transform=build_batch_transform(cfg, task, len(classes)),
     )
 
 
@@ -196,18 +201,5 @@ def build_seg_folder(cfg: DataConfig) -> DataBundle:
         train_idx, val_idx = _random_split(len(pairs), cfg.val_fraction, cfg.seed)
         train_p, val_p = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
     classes = _seg_classes(root, train_p + val_p)
-    in_chans, img_size = _probe(train_p[0][0], cfg)
-    mean, std = _stats([p for p, _ in train_p], in_chans, img_size, cfg.seed)
-    make = lambda p, train: SegFolderDataset(p, in_chans, len(classes), SegmentationTransform(cfg, img_size, mean, std, train))  # noqa: E731
-    return DataBundle(
-        train=seeded_subset(make(train_p, True), cfg.limit_train, cfg.seed, "limit_train"),
-        val=seeded_subset(make(val_p, False), cfg.limit_val, cfg.seed, "limit_val"),
-        task="segmentation",
-        num_classes=len(classes),
-        in_chans=in_chans,
-        img_size=img_size,
-        class_names=classes,
-        mean=mean,
-        std=std,
-        batch_transform=build_batch_transform(cfg, "segmentation", len(classes)),
-    )
+    make = lambda p, chans, transform: SegFolderDataset(p, chans, len(classes), transform)  # noqa: E731
+    return _folder_bundle(cfg, "segmentation", train_p, val_p, classes, make, SegmentationTransform)

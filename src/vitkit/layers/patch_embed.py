@@ -11,6 +11,15 @@ from vitkit.errors import VitkitError
 from vitkit.layers.helpers import to_2tuple
 
 
+def patch_grid(h: int, w: int, patch: tuple[int, int], what: str) -> tuple[int, int]:
+    """(gh, gw) = (H/p, W/p); a size that does not divide is a clear error naming ``what``."""
+    ph, pw = patch
+    if h % ph or w % pw:
+        raise VitkitError(f"image size {h}x{w} is not divisible by {what} {ph}x{pw}; "
+                          f"resize or crop the images to a multiple of {ph}")
+    return h // ph, w // pw
+
+
 class PatchEmbed(nn.Module):
     """Split (B, C, H, W) into p x p patches and project each to D: a stride-p convolution.
 
@@ -24,13 +33,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
-        ph, pw = self.patch_size
-        if h % ph or w % pw:
-            raise VitkitError(
-                f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}; "
-                f"resize or crop the images to a multiple of {ph}"
-            )
-        return h // ph, w // pw
+        return patch_grid(h, w, self.patch_size, "the patch size")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         grid = self.grid(*x.shape[-2:])
@@ -73,13 +76,8 @@ class HybridEmbed(nn.Module):
         self.patch_size = tuple(p * self.stride for p in self.patch.patch_size)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
-        ph, pw = self.patch_size
-        if h % ph or w % pw:
-            raise VitkitError(
-                f"image size {h}x{w} is not divisible by the hybrid model's total stride {ph}x{pw} "
-                f"(CNN stride {self.stride} x patch size {self.patch.patch_size[0]}); resize the images"
-            )
-        return h // ph, w // pw
+        what = f"the hybrid model's total stride (CNN {self.stride} x patch {self.patch.patch_size[0]})"
+        return patch_grid(h, w, self.patch_size, what)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         self.grid(*x.shape[-2:])
