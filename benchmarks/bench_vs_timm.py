@@ -54,8 +54,8 @@ def run_group(name: str, rows: list[tuple[str, str, BenchConfig]], peaks: dict) 
     return out
 
 
-def groups(quick: bool):
-    it = dict(batch_size=32, iters=1, rounds=2 if quick else 3, warmup=1)
+def groups(quick: bool, rounds: int):
+    it = dict(batch_size=32, iters=1, rounds=2 if quick else rounds, warmup=1)
     c = lambda **kw: BenchConfig("", **dict(it, **kw))  # noqa: E731
     yield "inference", [("timm fp32 eager", "timm", c(memory=False)),
                         ("vitkit fp32 eager", "vitkit", c(memory=False)),
@@ -71,18 +71,16 @@ def groups(quick: bool):
 
 def to_markdown(results: list[dict]) -> str:
     """The README table: one row per measurement, the ratio against timm of the same group."""
-    lines = ["| model | step | config | img/s | step (s) | peak MiB | % of matmul peak | vs timm fp32/same dtype |",
-             "|---|---|---|---|---|---|---|---|"]
-    ref = {}
-    for r in results:
-        if r["label"].startswith("timm"):
-            ref[(r["model"], r["mode"], r["dtype"])] = r["imgs_per_s"]
+    lines = ["| model | step | config | img/s (median) | step s (median / min) | peak MiB | % of matmul peak "
+             "| vs timm (median / min) |", "|---|---|---|---|---|---|---|---|"]
+    ref = {(r["model"], r["mode"], r["dtype"]): r for r in results if r["label"].startswith("timm")}
     for r in results:
         base = ref.get((r["model"], r["mode"], r["dtype"] if r["mode"] == "train" else "fp32"))
         mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] else "-"
-        ratio = f"{r['imgs_per_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['model']} | {r['mode']} | {r['label']} | {r['imgs_per_s']:.2f} | {r['step_s']:.2f} "
-                     f"| {mem} | {r['peak_fraction']:.0%} | {ratio} |")
+        ratio = (f"{base['step_s'] / r['step_s']:.2f}x / {min(base['times']) / min(r['times']):.2f}x"
+                 if base else "-")
+        lines.append(f"| {r['model']} | {r['mode']} | {r['label']} | {r['imgs_per_s']:.2f} "
+                     f"| {r['step_s']:.2f} / {min(r['times']):.2f} | {mem} | {r['peak_fraction']:.0%} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -91,6 +89,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one step per row each)")
+    ap.add_argument("--groups", nargs="+", default=None, help="only these groups (inference, 'training fp32', ...)")
     ap.add_argument("--from-json", default=None, help="only print the markdown table of a saved run")
     args = ap.parse_args()
     if args.from_json:
@@ -104,7 +104,9 @@ def main() -> None:
     print(json.dumps(meta), flush=True)
     results = []
     for name in args.models:
-        for group, rows in groups(args.quick):
+        for group, rows in groups(args.quick, args.rounds):
+            if args.groups and group not in args.groups:
+                continue
             print(f"[{group}]", flush=True)
             results += run_group(name, rows, peaks)
     meta["loadavg_end"] = os.getloadavg()
