@@ -158,11 +158,12 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, name: str, title: str, table: str, raw: dict, notes: str = "") -> Path:
+def write_results(out: Path, name: str, title: str, table: str, raw: dict, notes: str = "",
+                  command: str | None = None) -> Path:
     """Print and write ``OUT/NAME.md`` (title, table, command, date, machine, load) and ``OUT/NAME.json``."""
     out.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {"command": command_line(), "date": now, "machine": machine(), "load_now": os.getloadavg()[0]}
+    meta = {"command": command or command_line(), "date": now, "machine": machine(), "load_now": os.getloadavg()[0]}
     text = (f"### {title}\n\n{table}\n\nCommand: `{meta['command']}`  \nDate: {now}  \n"
             f"Machine: {meta['machine']}\n" + (f"\n{notes}\n" if notes else ""))
     print(text, flush=True)

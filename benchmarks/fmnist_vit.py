@@ -79,16 +79,19 @@ def main(argv=None) -> list[dict]:
     p = common.base_parser(__doc__.splitlines()[0], "benchmarks/results")
     p.add_argument("--recipe", choices=["fast", "long", "both"], default="fast")
     p.add_argument("--plot", default=None, help=f"learning-curve PNG (default OUT/{PLOT})")
+    p.add_argument("--table-only", action="store_true", help="re-render the table and plot from OUT/fmnist_vit.json")
     args = p.parse_args(argv)
     out = Path(args.out)
-    keys = ["fast", "long"] if args.recipe == "both" else [args.recipe]
+    keys = [] if args.table_only else ["fast", "long"] if args.recipe == "both" else [args.recipe]
     rows = [run_one(k, args, out) for k in keys]
     raw_path = out / "fmnist_vit.json"
     if raw_path.is_file() and not args.quick:  # keep the other recipe's last measured row
         old = [r for r in json.loads(raw_path.read_text()).get("rows", []) if r["key"] not in keys]
         rows = sorted(old + rows, key=lambda r: r["key"] != "fast")
     plot_curves(rows, Path(args.plot) if args.plot else out / PLOT)
-    common.write_results(out, "fmnist_vit", "ViT on Fashion-MNIST (10k test images)", table(rows), {"rows": rows})
+    notes = "Per row: " + "; ".join(f"{r['recipe']}: `{r['command']}` ({r['date']})" for r in rows)
+    common.write_results(out, "fmnist_vit", "ViT on Fashion-MNIST (10k test images)", table(rows), {"rows": rows},
+                         notes=notes, command=" && ".join(dict.fromkeys(r["command"] for r in rows)))
     return rows
 
 

@@ -116,12 +116,15 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     name = "vt_vs_resnet_" + args.data
     datasets = ["digits", "fmnist"] if args.data == "both" else [args.data]
+    command = None
     if args.speed_only:
-        rows = json.loads((out / f"{name}.json").read_text())["rows"]
+        old = json.loads((out / f"{name}.json").read_text())
+        rows, command = old["rows"], old["command"].split(" && ")[0] + " && " + common.command_line()
     else:
         rows = [row for data in datasets for row in run_pair(data, args, out)]
     add_speed(rows, args)
-    common.write_results(out, name, "VT-ResNet-18 vs ResNet-18 (same recipe and epochs)", tables(rows), {"rows": rows})
+    common.write_results(out, name, "VT-ResNet-18 vs ResNet-18 (same recipe and epochs)", tables(rows), {"rows": rows},
+                         command=command)
     return rows
 
 
