@@ -115,3 +115,10 @@ def test_ablations_quick(tmp_path, fake_fmnist):
     by_name = {r["variant"]: r for r in rows}
     assert by_name["L=32 tokens"]["vt_macs"] > by_name["L=8 tokens"]["vt_macs"]
     assert by_name["no transformer"]["params"] < rows[0]["params"]
+
+
+def test_throughput_quick(tmp_path):
+    rows = load("throughput").main(["--quick", "--out", str(tmp_path)])
+    shapes, raw = _outputs(tmp_path, "throughput")
+    assert shapes == [(4, 3)] and [r["threads"] for r in raw["rows"]] == [1, 2, 1]
+    assert all(r["img_per_s"] > 0 for r in rows) and rows[2]["precision"] == "bf16"
