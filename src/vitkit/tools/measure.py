@@ -1,6 +1,6 @@
 """Measurement primitives for ``vitkit bench``: step timing, peak memory, FLOPs, matmul peak.
 
-Peak memory (CPU and GPU alike) is read from the PyTorch profiler's allocator events: every
+Peak memory is read from the PyTorch profiler's allocator events: every
 allocation and free by PyTorch during one step, in time order; the peak is the highest running
 total. It counts what the step allocates beyond what already existed (weights, inputs,
 optimizer state), is exact and independent of the OS allocator's caching (unlike RSS).
