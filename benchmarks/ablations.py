@@ -45,7 +45,7 @@ def run_variant(name: str, vt: dict, args, out: Path) -> dict:
 
     slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
     per_seed, cfg = [], None
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         cfg = common.make_config(RECIPE, {**_sets(args), "seed": seed}, out / "runs" / f"{slug}_s{seed}", vt=vt,
                                  extra=args.set)
         per_seed.append(common.run_training(cfg))
@@ -75,13 +75,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--limit-train", type=int, default=None, help="train on a seeded subset (reduced budget)")
     p.add_argument("--limit-val", type=int, default=None, help="evaluate on a seeded subset of the test split")
     p.add_argument("--only", nargs="*", default=None, help="run only these variant numbers (0 = default)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
+    p.add_argument("--name", default="ablations", help="file stem of the table in OUT")
     args = p.parse_args(argv)
     out = Path(args.out)
     items = list(VARIANTS.items())
     if args.only:
         items = [items[int(i)] for i in args.only]
     rows = [run_variant(name, vt, args, out) for name, vt in items]
-    common.write_results(out, "ablations", "VT-ResNet-18 ablations on Fashion-MNIST", table(rows), {"rows": rows})
+    common.write_results(out, args.name, "VT-ResNet-18 ablations on Fashion-MNIST", table(rows), {"rows": rows})
     return rows
 
 
