@@ -70,6 +70,21 @@ def table(rows: list[dict]) -> str:
     return common.md_table(headers, body)
 
 
+def merge(paths: list[str]) -> tuple[list[dict], str]:
+    """Rows of earlier runs (OUT/NAME.json files) joined per variant: seeds pooled, in VARIANTS order."""
+    import json
+
+    merged, commands = {}, []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        commands.append(data["command"])
+        for row in data["rows"]:
+            into = merged.setdefault(row["variant"], dict(row, top1=[], wall_s=[], load_mean=[], train_img_per_s=[]))
+            for key in ("top1", "wall_s", "load_mean", "train_img_per_s"):
+                into[key] += row[key]
+    return [merged[name] for name in VARIANTS if name in merged], " && ".join(commands)
+
+
 def main(argv=None) -> list[dict]:
     p = common.base_parser(__doc__.splitlines()[0], "benchmarks/results")
     p.add_argument("--limit-train", type=int, default=None, help="train on a seeded subset (reduced budget)")
@@ -77,13 +92,20 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--only", nargs="*", default=None, help="run only these variant numbers (0 = default)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     p.add_argument("--name", default="ablations", help="file stem of the table in OUT")
+    p.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                   help="train nothing: pool the seeds of earlier runs' OUT/NAME.json files into one table")
     args = p.parse_args(argv)
     out = Path(args.out)
     items = list(VARIANTS.items())
     if args.only:
         items = [items[int(i)] for i in args.only]
-    rows = [run_variant(name, vt, args, out) for name, vt in items]
-    common.write_results(out, args.name, "VT-ResNet-18 ablations on Fashion-MNIST", table(rows), {"rows": rows})
+    command = None
+    if args.merge:
+        rows, command = merge(args.merge)
+    else:
+        rows = [run_variant(name, vt, args, out) for name, vt in items]
+    common.write_results(out, args.name, "VT-ResNet-18 ablations on Fashion-MNIST", table(rows), {"rows": rows},
+                         command=command)
     return rows
 
 

@@ -122,3 +122,19 @@ def test_throughput_quick(tmp_path):
     shapes, raw = _outputs(tmp_path, "throughput")
     assert shapes == [(4, 3)] and [r["threads"] for r in raw["rows"]] == [1, 2, 1]
     assert all(r["img_per_s"] > 0 for r in rows) and rows[2]["precision"] == "bf16"
+
+
+def test_ablations_merge_pools_seeds(tmp_path):
+    ab = load("ablations")
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        rows = [{"variant": name, "vt": vt, "model": "m", "epochs": 1, "params": 10, "macs": 4, "vt_macs": 2,
+                 "top1": [acc + 0.01 * i], "wall_s": [1.0], "load_mean": [2.0], "train_img_per_s": [3.0]}
+                for i, (name, vt) in enumerate(ab.VARIANTS.items())]
+        (tmp_path / f"s{seed}.json").write_text(json.dumps({"command": f"run {seed}", "rows": rows}))
+    out = tmp_path / "out"
+    merged = ab.main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(out)])
+    assert [r["variant"] for r in merged] == list(ab.VARIANTS)
+    assert merged[1]["top1"] == [0.51, 0.71]
+    shapes, raw = _outputs(out, "ablations")
+    assert shapes == [(8, len(ab.VARIANTS))] and raw["command"] == "run 0 && run 1"
+    assert "60.00 ± 14.14 (n=2)" in (out / "ablations.md").read_text()
