@@ -166,9 +166,9 @@ def write_results(out: Path, name: str, title: str, table: str, raw: dict, notes
     meta = {"command": command or command_line(), "date": now, "machine": machine(), "load_now": os.getloadavg()[0]}
     text = (f"### {title}\n\n{table}\n\nCommand: `{meta['command']}`  \nDate: {now}  \n"
             f"Machine: {meta['machine']}\n" + (f"\n{notes}\n" if notes else ""))
-    print(text, flush=True)
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({**meta, **raw}, indent=2, default=str))
+    print(text, flush=True)
     return out / f"{name}.md"
 
 
