@@ -29,11 +29,7 @@ VARIANTS = {  # name -> VTConfig fields changed from the preset
 
 
 def _sets(args) -> dict:
-    sets = {"data.data_dir": args.data_dir} if args.data_dir else {}
-    for key, value in (("epochs", args.epochs), ("threads", args.threads), ("data.limit_train", args.limit_train),
-                       ("data.limit_val", args.limit_val)):
-        if value is not None:
-            sets[key] = value
+    sets = common.budget_overrides(args)
     if args.quick:
         sets.update(common.quick_overrides(), model="vt_resnet_test_small", **{"data.img_size": 16})
     return sets

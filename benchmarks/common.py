@@ -172,6 +172,16 @@ def write_results(out: Path, name: str, title: str, table: str, raw: dict, notes
     return out / f"{name}.md"
 
 
+def budget_overrides(args) -> dict:
+    """The run-size flags every script shares (--data-dir, --epochs, --threads, --limit-*) as --set keys."""
+    sets = {"data.data_dir": args.data_dir} if args.data_dir else {}
+    for key, value in (("epochs", args.epochs), ("threads", args.threads), ("data.limit_train", args.limit_train),
+                       ("data.limit_val", args.limit_val)):
+        if value is not None:
+            sets[key] = value
+    return sets
+
+
 def quick_overrides(limit_train: int = 256, limit_val: int = 128) -> dict:
     """The ``--quick`` budget: a few hundred images, one epoch, no TensorBoard plots cost beyond one file."""
     return {"epochs": 1, "data.limit_train": limit_train, "data.limit_val": limit_val, "eval_batch_size": 128}

@@ -30,11 +30,7 @@ def model_cost(cfg) -> dict:
 
 
 def _sets(args) -> dict:
-    sets = {"data.data_dir": args.data_dir} if args.data_dir else {}
-    for key, value in (("epochs", args.epochs), ("threads", args.threads), ("data.limit_train", args.limit_train),
-                       ("data.limit_val", args.limit_val)):
-        if value is not None:
-            sets[key] = value
+    sets = common.budget_overrides(args)
     if args.quick:
         sets.update(common.quick_overrides(64, 32), **{"data.canvas_size": 32, "batch_size": 16})
     return sets
