@@ -3,7 +3,8 @@
     python benchmarks/bench_vs_timm.py [--quick] [--json OUT.json]
 
 For each model (vit_small_patch16_224 at 224 px, vit_small_patch4_32 at 32 px), batch 32:
-inference fp32 eager (vitkit vs timm), vitkit bf16 and torch.compile (vs timm fp32 eager),
+inference fp32 eager (vitkit vs timm), vitkit bf16, torch.compile and dynamic int8 (vs timm fp32
+eager; timm int8 too),
 training fp32 and bf16-autocast (vitkit vs timm), and training peak memory with gradient
 checkpointing. Every row of a group runs interleaved in rounds, so machine load hits all alike.
 """
@@ -60,7 +61,9 @@ def groups(quick: bool, rounds: int):
     yield "inference", [("timm fp32 eager", "timm", c(memory=False)),
                         ("vitkit fp32 eager", "vitkit", c(memory=False)),
                         ("vitkit bf16 eager", "vitkit", c(dtype="bf16", memory=False)),
-                        ("vitkit fp32 compile", "vitkit", c(compile=True, memory=False))]
+                        ("vitkit fp32 compile", "vitkit", c(compile=True, memory=False)),
+                        ("vitkit int8 eager (dynamic quant.)", "vitkit", c(dtype="int8", memory=False)),
+                        ("timm int8 eager (dynamic quant.)", "timm", c(dtype="int8", memory=False))]
     yield "training fp32", [("timm fp32 train", "timm", c(train=True)),
                             ("vitkit fp32 train", "vitkit", c(train=True)),
                             ("vitkit fp32 train + grad ckpt", "vitkit", c(train=True, grad_checkpointing=True)),
@@ -97,7 +100,7 @@ def main() -> None:
         with open(args.from_json) as fh:
             print(to_markdown(json.load(fh)["results"]))
         return
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}
     meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "loadavg_start": os.getloadavg(), "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}

@@ -91,3 +91,24 @@ def test_grad_checkpointing_config_flag_saves_memory():
 def test_bad_dtype():
     with pytest.raises(VitkitError, match="dtype"):
         BenchConfig("vit_test", dtype="fp8").validate()
+
+
+def test_int8_inference_counts_fp32_flops_and_stays_close():
+    """int8 bench: every Linear becomes a dynamic-quantized one; FLOPs are the fp32 model's; the
+    quantized logits stay near fp32 ones; training in int8 is refused."""
+    from vitkit.tools.bench import quantize_linear_int8
+
+    fp32 = run_bench(BenchConfig("vit_test", batch_size=2, iters=1, warmup=0, memory=False), 1e11)[0]
+    int8 = run_bench(BenchConfig("vit_test", batch_size=2, iters=1, warmup=0, memory=False, dtype="int8"), 1e11)[0]
+    assert int8.flops_per_step == fp32.flops_per_step > 0 and int8.imgs_per_s > 0
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_test").eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        ref = model(x)
+        quant = quantize_linear_int8(model)
+        out = quant(x)
+    assert not any(type(m) is torch.nn.Linear for m in quant.modules())
+    assert 0 < (out - ref).abs().max() < 0.1 * ref.abs().max()
+    with pytest.raises(VitkitError, match="inference only"):
+        BenchConfig("vit_test", dtype="int8", train=True).validate()

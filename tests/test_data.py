@@ -275,3 +275,46 @@ def test_list_image_files(tmp_path):
         list_image_files(str(tmp_path / "*.bmp"))
     with pytest.raises(VitkitError, match="no such file or folder"):
         list_image_files(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("img_size", [8, 12])
+def test_batched_fetch_equals_item_by_item(img_size):
+    """DataLoader's whole-batch path (``__getitems__``) gives exactly the per-item tensors."""
+    from torch.utils.data import DataLoader
+
+    from vitkit.data.datasets import ArrayDataset, collate
+    from vitkit.data.transforms import ClassificationTransform
+
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(10) % 3
+    cfg = DataConfig(name="digits", augment="none")
+    ds = ArrayDataset(images, labels, ClassificationTransform(cfg, img_size, (0.4,), (0.2,), train=True))
+    x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=False, collate_fn=collate)))
+    assert x.shape == (4, 1, img_size, img_size) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.stack([ds[i][0] for i in range(4)]), rtol=0, atol=0)
+    assert y.tolist() == labels[:4].tolist() and y.dtype == torch.long
+
+
+def test_batched_crop_flip_is_a_per_image_crop_of_the_padded_image():
+    """Each output is one of the (2p+1)^2 crops of its zero-padded image, flipped or not; draws vary
+    per image and repeat under the same seed; RandAugment falls back to item-by-item."""
+    from vitkit.data.datasets import ArrayDataset, Batch
+    from vitkit.data.transforms import ClassificationTransform, crop_flip_batch
+
+    images = torch.randint(1, 256, (32, 2, 6, 7), dtype=torch.uint8)
+    torch.manual_seed(3)
+    out = crop_flip_batch(images, pad=1, hflip=True)
+    torch.manual_seed(3)
+    assert torch.equal(out, crop_flip_batch(images, pad=1, hflip=True))
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    seen = set()
+    for i in range(len(images)):
+        crops = {(t, l, f): padded[i, :, t:t + 6, l:l + 7].flip(-1) if f else padded[i, :, t:t + 6, l:l + 7]
+                 for t in range(3) for l in range(3) for f in (0, 1)}
+        match = [k for k, c in crops.items() if torch.equal(c, out[i])]
+        assert match, f"image {i} is not a crop/flip of its padded input"
+        seen.add(match[0])
+    assert len(seen) > 4  # different draws per image, not one shared crop
+    cfg = DataConfig(name="digits", augment="randaugment")
+    ds = ArrayDataset(images[:, :1], torch.zeros(32), ClassificationTransform(cfg, 6, (0.4,), (0.2,), train=True))
+    assert not isinstance(ds.__getitems__([0, 1]), Batch)

@@ -44,6 +44,7 @@ def test_resolve_typed_overrides():
     ({"optim.lrr": "1"}, "did you mean lr"), ({"epochs": "two"}, "epochs"),
     ({"model.depthh": "2"}, "did you mean depth"), ({"model.depth": "x"}, "depth"),
     ({"precision": "fp16"}, "must be one of"), ({"epochs": "0"}, "out of range"),
+    ({"model_overrides": '{"depth": 2}'}, "model.NAME=VALUE"),
 ])
 def test_resolve_rejects_bad_overrides(sets, words):
     with pytest.raises(VitkitError, match=words):

@@ -112,6 +112,8 @@ def test_load_at_another_image_size_resamples(tmp_path):
         (lambda: vitkit.create_model("vit_test")(torch.randn(3, 16, 16)), r"\(B, C, H, W\)"),
         (lambda: vitkit.create_model("vit_test", img_size=18), "not divisible by the patch size"),
         (lambda: vitkit.create_model("vit_test", hybrid_backbone="vgg"), "unknown hybrid backbone"),
+        (lambda: vitkit.create_model("vit_test", conv_stem=(8, 16, 32)), "3 stride-2 convs.*patch_size is 4"),
+        (lambda: vitkit.create_model("vit_convstem_test", hybrid_backbone="resnet18"), "either conv_stem or hybrid"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(make, match):
@@ -160,3 +162,15 @@ def test_paper_sizes_match_timm_parameter_counts():
             ref = timm.create_model(name, pretrained=False, num_classes=1000)
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         assert count(ours) == count(ref), name
+
+
+def test_conv_stem_any_size_rounds_up_and_matches_its_layers():
+    """ViT_C stem: stride-2 convs round up (28 px, 3 convs -> 4x4 tokens); its output is the stem's."""
+    model = vitkit.create_model("vit_convstem_test", img_size=28, patch_size=8, conv_stem=(4, 8, 8)).eval()
+    assert model.grid == (4, 4) and model.pos_embed.shape[1] == 1 + 16
+    x = torch.randn(2, 3, 28, 28)
+    tokens, grid = model.patch_embed(x)
+    assert grid == (4, 4) and tokens.shape == (2, 16, 32)
+    maps = model.patch_embed.stem(x)  # (B, D, 4, 4)
+    torch.testing.assert_close(tokens, maps.flatten(2).transpose(1, 2))
+    assert model(torch.randn(1, 3, 30, 21)).shape == (1, 5)  # 4x3 grid: E_pos resampled

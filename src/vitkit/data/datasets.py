@@ -1,12 +1,26 @@
 """In-memory datasets (uint8 or 0..1 float tensors) and seeded subsets/splits."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
 
 from vitkit.errors import VitkitError
+
+
+class Batch(NamedTuple):
+    """A batch fetched in one go by ``__getitems__``: images (B, C, H, W), labels (B,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate(items):
+    """DataLoader ``collate_fn``: a pre-built :class:`Batch` passes through, item lists are stacked."""
+    if isinstance(items, Batch):
+        return [items.images, items.labels]
+    return default_collate(items)
 
 
 class ArrayDataset(Dataset):
@@ -22,6 +36,15 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(self.images[i]), int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]):
+        """Whole-batch fetch (used by DataLoader): one vectorised transform when it has no
+        per-image randomness, else item by item. Both give identical tensors."""
+        batch_fn = getattr(self.transform, "batch", None)
+        images = batch_fn(self.images[indices]) if batch_fn is not None else None
+        if images is None:
+            return [self[i] for i in indices]
+        return Batch(images, self.labels[indices])
 
 
 class SegArrayDataset(Dataset):

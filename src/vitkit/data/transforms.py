@@ -62,6 +62,21 @@ def _crop_flip(tensors: list[torch.Tensor], fills: list[int], pad: int, hflip: b
     return out
 
 
+def crop_flip_batch(images: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): per-image random crop of the zero-padded image + horizontal
+    flip, as :func:`_crop_flip` does per item, drawn in one RNG call for the whole batch."""
+    b, _, h, w = images.shape
+    r = torch.rand(b, 3)  # (B, 3): top, left, flip
+    top, left = (r[:, 0] * (2 * pad + 1)).long(), (r[:, 1] * (2 * pad + 1)).long()
+    rows = top[:, None] + torch.arange(h)  # (B, H) rows of the padded image
+    cols = left[:, None] + torch.arange(w)  # (B, W)
+    if hflip:
+        cols = torch.where((r[:, 2] < 0.5)[:, None], cols.flip(-1), cols)
+    padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 class ClassificationTransform:
     """uint8 or 0..1 float image (C, h, w) -> normalised float (C, img_size, img_size).
 
@@ -86,6 +101,17 @@ class ClassificationTransform:
             if self.randaugment is not None:
                 image = self.randaugment(image)
         return normalize(image, self.mean, self.std)
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor | None:
+        """(B, C, h, w) -> normalised (B, C, img_size, img_size) in one go; None for RandAugment
+        (per-image ops), so the caller goes item by item."""
+        if self.randaugment is not None:
+            return None
+        if list(images.shape[-2:]) != self.size:
+            images = TF.resize(images, self.size, antialias=True)
+        if self.augment != "none":
+            images = crop_flip_batch(images, self.pad, self.hflip)
+        return normalize(images, self.mean, self.std)
 
 
 def normalize(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

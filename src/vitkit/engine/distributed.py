@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vitkit.data.datasets import collate
 from vitkit.errors import VitkitError
 
 
@@ -87,7 +88,7 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, info: DistInfo, w
     sampler.skip = skip_batches * per_rank
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                        drop_last=True, generator=gen, persistent_workers=False)
+                        drop_last=True, generator=gen, persistent_workers=False, collate_fn=collate)
     return loader, sampler
 
 

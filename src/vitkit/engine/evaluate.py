@@ -6,6 +6,7 @@ import contextlib
 import torch
 from torch.utils.data import DataLoader
 
+from vitkit.data.datasets import collate
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.metrics import (classification_summary, segmentation_summary, topk_correct,
                                    update_confusion)
@@ -19,7 +20,7 @@ def autocast(precision: str):
 
 
 def eval_loader(dataset, batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
 
 
 def dense_logits(logits: torch.Tensor, size) -> torch.Tensor:

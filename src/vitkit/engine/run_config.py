@@ -105,6 +105,9 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
     """Separate ``model.KEY`` overrides (model preset) from run-config overrides."""
     model, run = {}, {}
     for key, value in overrides.items():
+        if key == "model_overrides":
+            raise VitkitError("set model fields one at a time as model.NAME=VALUE (e.g. model.depth=6), "
+                              "not model_overrides=...")
         if key.startswith("model."):
             model[key[len("model."):]] = value
         else:

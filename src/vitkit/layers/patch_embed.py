@@ -82,3 +82,32 @@ class HybridEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         self.grid(*x.shape[-2:])
         return self.patch(self.backbone(x))  # (B, N, D), grid
+
+
+class ConvStemEmbed(nn.Module):
+    """Convolutional stem in place of the patchify layer (ViT_C, Xiao et al. 2021, "Early
+    Convolutions Help Transformers See Better"): one 3x3 stride-2 conv + BN + ReLU per entry
+    of ``channels``, then a 1x1 conv to D. Total stride 2^len(channels); each stride-2 conv
+    rounds up, so any image size works (28 px with 3 convs -> a 4x4 grid).
+    """
+
+    def __init__(self, channels: tuple[int, ...], in_chans: int, embed_dim: int):
+        super().__init__()
+        layers, c = [], in_chans
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            c = out
+        layers.append(nn.Conv2d(c, embed_dim, kernel_size=1))
+        self.stem = nn.Sequential(*layers)
+        self.in_chans = in_chans
+        self.num_convs = len(channels)
+        self.patch_size = (2 ** self.num_convs,) * 2
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        for _ in range(self.num_convs):
+            h, w = -(-h // 2), -(-w // 2)  # ceil: 3x3, stride 2, padding 1
+        return h, w
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.stem(x)  # (B, D, gh, gw)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])  # (B, N, D)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitkit.errors import VitkitError
-from vitkit.layers import Block, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
+from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
 from vitkit.models.base import FeatureInfo, VitkitModel
 from vitkit.registry import register_family, register_presets
 
@@ -43,6 +43,7 @@ class ViTConfig:
     norm_eps: float = 1e-6
     hybrid_backbone: str | None = None  # e.g. "resnet50": its feature map is the patch source
     hybrid_stages: int = 3
+    conv_stem: tuple[int, ...] = ()  # ViT_C stem channels (3x3 stride-2 convs); needs patch_size 2^len
     grad_checkpointing: bool = False
 
     def validate(self) -> None:
@@ -55,6 +56,12 @@ class ViTConfig:
         for name in ("depth", "num_heads", "patch_size", "in_chans", "embed_dim"):
             if getattr(self, name) < 1:
                 raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.conv_stem:
+            if self.hybrid_backbone:
+                raise VitkitError("choose either conv_stem or hybrid_backbone, not both")
+            if self.patch_size != 2 ** len(self.conv_stem):
+                raise VitkitError(f"conv_stem has {len(self.conv_stem)} stride-2 convs (total stride "
+                                  f"{2 ** len(self.conv_stem)}) but patch_size is {self.patch_size}; set them to match")
         if self.num_classes < 0:
             raise VitkitError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
 
@@ -78,6 +85,8 @@ class VisionTransformer(VitkitModel):
         d = c.embed_dim
         if c.hybrid_backbone:
             self.patch_embed = HybridEmbed(c.hybrid_backbone, c.hybrid_stages, c.patch_size, c.in_chans, d)
+        elif c.conv_stem:
+            self.patch_embed = ConvStemEmbed(tuple(c.conv_stem), c.in_chans, d)
         else:
             self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, d)
         self.grid = self.patch_embed.grid(*to_2tuple(c.img_size))
@@ -226,6 +235,14 @@ def _small_image_presets() -> dict[str, ViTConfig]:
         # recipe fmnist_vit_fast: 16 tokens of 7x7, mean-pooled; sized for a 10-minute budget on 2 busy cores
         "vit_tiny_patch7_28": _vit(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4, num_heads=4,
                                    mlp_ratio=2.0, class_token=False, global_pool="avg", num_classes=10),
+        # recipe fmnist_vit_fast: ViT_C stem (3 stride-2 convs, 28 -> 14 -> 7 -> 4), 16 tokens, 128 wide, 4 deep
+        "vit_tiny_convstem_28": _vit(img_size=28, patch_size=8, conv_stem=(32, 64, 128), in_chans=1, embed_dim=128,
+                                     depth=4, num_heads=4, mlp_ratio=2.0, class_token=False, global_pool="avg",
+                                     num_classes=10),
+        # recipe fmnist_vit_long: wider ViT_C stem and a 192-wide, 6-deep encoder on the same 4x4 token grid
+        "vit_mini_convstem_28": _vit(img_size=28, patch_size=8, conv_stem=(48, 96, 192), in_chans=1, embed_dim=192,
+                                     depth=6, num_heads=6, mlp_ratio=2.0, class_token=False, global_pool="avg",
+                                     num_classes=10),
         "vit_mini_patch2_28": _vit(img_size=28, patch_size=2, in_chans=1, **mini),
         "vit_mini_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, **mini),
         "vit_small_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, embed_dim=384, depth=12,
@@ -243,6 +260,7 @@ def _test_presets() -> dict[str, ViTConfig]:
         "vit_test": _vit(**tiny),
         "vit_test_avg": _vit(**dict(tiny, class_token=False, global_pool="avg")),
         "deit_test_distilled": _vit(**dict(tiny, distilled=True)),
+        "vit_convstem_test": _vit(**dict(tiny, patch_size=4, conv_stem=(8, 16))),
         "vit_hybrid_test": _vit(**dict(tiny, img_size=32, patch_size=1, hybrid_backbone="resnet18",
                                        hybrid_stages=2)),
     }

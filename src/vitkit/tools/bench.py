@@ -19,7 +19,7 @@ from torch import nn
 from vitkit.errors import VitkitError
 from vitkit.tools.measure import count_flops, matmul_peak, median, peak_memory_bytes, time_steps
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class BenchConfig:
             raise VitkitError(f"unknown dtype '{self.dtype}'; choose one of {', '.join(DTYPES)}")
         if self.batch_size < 1 or self.iters < 1 or self.warmup < 0 or self.rounds < 1:
             raise VitkitError("batch size and iters must be >= 1 and warmup >= 0")
+        if self.dtype == "int8" and (self.train or self.channels_last):
+            raise VitkitError("int8 is for inference only (dynamic quantization of the Linear layers); "
+                              "drop --train / --channels-last or use fp32 or bf16")
         if self.compare not in (None, "timm"):
             raise VitkitError(f"cannot compare with '{self.compare}'; the only reference is 'timm'")
 
@@ -108,6 +111,8 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
         model.set_grad_checkpointing(True)
     if cfg.dtype == "bf16" and not cfg.train:  # inference: bf16 weights; training: bf16 autocast
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    if cfg.dtype == "int8":
+        model = quantize_linear_int8(model)
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if cfg.compile and not cfg.train:
@@ -118,12 +123,25 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
     return runnable, x, model
 
 
+def quantize_linear_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every nn.Linear (weights int8 per tensor, activations quantized
+    per batch at run time; fbgemm's VNNI kernels on x86). Inference only; outputs change slightly."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 def measure(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
             peak_flops: float) -> tuple[Callable, Callable]:
     """(timed step, finaliser) for one model; the finaliser turns step times into a result."""
+    if cfg.dtype == "int8":  # the quantized ops are not counted by the FLOP counter: count the fp32 model
+        flops = count_flops(make_step(model.train(False), x, replace(cfg, compile=False, dtype="fp32")))
     runnable, x, plain = prepare(model, x, cfg)
     step = make_step(runnable, x, cfg)
-    flops = count_flops(make_step(plain, x, replace(cfg, compile=False)))
+    if cfg.dtype != "int8":
+        flops = count_flops(make_step(plain, x, replace(cfg, compile=False)))
     params = sum(p.numel() for p in plain.parameters())
 
     def finish(times: list[float]) -> BenchResult:

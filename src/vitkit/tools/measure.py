@@ -73,9 +73,15 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
-    """The machine's practical peak FLOP/s: best of ``reps`` large square torch.mm (2 n^3 FLOPs)."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)  # warm-up (thread pool, kernel selection)
-    best = min(time_steps(lambda: torch.mm(a, b), reps, 1))
+    """The machine's practical peak FLOP/s: best of ``reps`` large square matmuls (2 n^3 FLOPs);
+    int8: ``torch._int_mm`` (int8 x int8 -> int32, the VNNI kernel), counted as int8 operations/s."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        mm = torch._int_mm
+    else:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        mm = torch.mm
+    mm(a, b)  # warm-up (thread pool, kernel selection)
+    best = min(time_steps(lambda: mm(a, b), reps, 1))
     return 2 * n**3 / best
