@@ -47,7 +47,7 @@ def _image(tmp_path, size=20, mode="RGB"):
     return path
 
 
-@pytest.mark.parametrize("name", ["vit_test", "vit_test_avg", "deit_test_distilled", "vit_hybrid_test"])
+@pytest.mark.parametrize("name", ["vit_test", "vit_test_avg", "deit_test_distilled", "vit_hybrid_test", "vit_convstem_test"])
 def test_vit_maps_shapes_and_capture_keeps_outputs(name):
     torch.manual_seed(0)
     model = vitkit.create_model(name).eval()
