@@ -174,3 +174,40 @@ def test_conv_stem_any_size_rounds_up_and_matches_its_layers():
     maps = model.patch_embed.stem(x)  # (B, D, 4, 4)
     torch.testing.assert_close(tokens, maps.flatten(2).transpose(1, 2))
     assert model(torch.randn(1, 3, 30, 21)).shape == (1, 5)  # 4x3 grid: E_pos resampled
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("vit_test", {}), ("deit_test_distilled", {}), ("vit_test", dict(qk_norm=True, init_values=0.1, qkv_bias=False)),
+    ("vit_convstem_test", {}),
+])
+def test_prefix_only_last_block_gives_the_full_path_logits_with_less_work(name, overrides):
+    """forward() runs the last block for the prefix tokens only: logits and gradients equal the full
+    path's (forward_head(forward_features)), with fewer FLOPs; capture (explain) takes the full path."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitkit.tools.explain import capture_attention
+
+    torch.manual_seed(0)
+    model = vitkit.create_model(name, **overrides).eval()
+    x = torch.randn(3, 3, 16, 16)
+    full = lambda: model.forward_head(model.forward_features(x))  # noqa: E731
+    torch.testing.assert_close(model(x), full(), rtol=1e-5, atol=1e-6)
+    flops = []
+    for fn in (lambda: model(x), full):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops.append(counter.get_total_flops())
+    assert flops[0] < flops[1]
+    with capture_attention(model):
+        model(x)
+        assert model.blocks[-1].attn.last_attn.shape[-2] == model.pos_embed.shape[1]  # all queries
+    model.train()
+    grads = []
+    for fn in (lambda: model(x), full):
+        model.zero_grad()
+        out = fn()
+        sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)

@@ -11,6 +11,8 @@ class Attention(nn.Module):
 
     The fused SDPA kernel is used unless ``capture`` is set (by the explain tools); then
     the attention matrix is formed explicitly and kept in ``last_attn`` (B, heads, N, N).
+    With ``num_queries=n`` only the first n tokens query (keys and values still come from all
+    N): the output is (B, n, D), equal to the first n rows of the full output.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
@@ -29,10 +31,21 @@ class Attention(nn.Module):
         self.capture = False
         self.last_attn: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, num_queries: int | None):
+        """q (B, heads, n, head_dim) for the first n tokens (all when None); k, v (B, heads, N, head_dim)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if num_queries is None:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            return qkv.unbind(0)
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
+        q = F.linear(x[:, :num_queries], w_q, b_q).reshape(b, num_queries, self.num_heads, self.head_dim)
+        kv = F.linear(x, w_kv, b_kv).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return (q.transpose(1, 2), *kv.unbind(0))
+
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        b, _, d = x.shape
+        q, k, v = self._qkv(x, num_queries)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.capture:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
@@ -41,5 +54,5 @@ class Attention(nn.Module):
             x = F.dropout(attn, self.attn_drop, self.training) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, n, d)  # (B, N, D)
+        x = x.transpose(1, 2).reshape(b, -1, d)  # (B, N or n, D)
         return self.proj_drop(self.proj(x))

@@ -35,7 +35,11 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-    """z' = z + MSA(LN(z));  z_out = z' + MLP(LN(z'))."""
+    """z' = z + MSA(LN(z));  z_out = z' + MLP(LN(z')).
+
+    ``num_queries=n`` returns only the first n output tokens (B, n, D), computed without the
+    other tokens' queries, projection and MLP (they still serve as keys and values).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_norm: bool = False, init_values: float | None = None, proj_drop: float = 0.0,
@@ -50,6 +54,7 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        y = x if num_queries is None else x[:, :num_queries]
+        y = y + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries)))
+        return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))

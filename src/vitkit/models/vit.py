@@ -136,10 +136,23 @@ class VisionTransformer(VitkitModel):
         x, grid = self.patch_embed(x)  # (B, N, D)
         return self._pos_embed(x, grid), grid
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+            return checkpoint(block, x, num_queries, use_reentrant=False)
+        return block(x, num_queries)
+
+    def forward(self, x: torch.Tensor):
+        """Logits. With class-token pooling the head reads only the prefix tokens, so the last
+        block computes just their outputs (queries, projection, MLP for P tokens instead of
+        P + N): the same logits for about (depth - 1) / depth of the work. Explain's attention
+        capture needs every token and takes the full path."""
+        if self.config.global_pool != "token" or self.blocks[-1].attn.capture:
+            return self.forward_head(self.forward_features(x))
+        x, _ = self._embed(x)
+        for block in self.blocks[:-1]:
+            x = self._run_block(block, x)
+        x = self._run_block(self.blocks[-1], x, self.num_prefix)  # (B, P, D)
+        return self.forward_head(self.norm(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + N, D)."""
