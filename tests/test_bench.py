@@ -18,7 +18,8 @@ def test_run_bench_with_timm_reference(train):
     assert [r.label for r in results] == ["vitkit", "timm"]
     vk, tm = results
     assert vk.params == tm.params == sum(p.numel() for p in vitkit.create_model("vit_test").parameters())
-    assert vk.flops_per_step == tm.flops_per_step > 0
+    # vitkit's last block computes only the class token's output (same logits): fewer FLOPs than timm's
+    assert 0.5 * tm.flops_per_step < vk.flops_per_step < tm.flops_per_step
     for r in results:
         assert r.step_s > 0 and r.imgs_per_s == pytest.approx(2 / r.step_s)
         assert r.peak_mem_bytes > 0 and r.achieved_flops == pytest.approx(r.flops_per_step / r.step_s)

@@ -113,7 +113,7 @@ def test_print_config_and_recipes(capsys):
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["optim"]["lr"] == 5e-4 and cfg["model_overrides"] == {"depth": 2}
-    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model"] == "vit_tiny_patch7_28"
+    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model"] == "vit_tiny_convstem_28"
 
 
 def test_distillation_from_a_trained_teacher(run_dir, tmp_path):

@@ -34,9 +34,10 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor, num_queries: int | None):
         """q (B, heads, n, head_dim) for the first n tokens (all when None); k, v (B, heads, N, head_dim)."""
         b, n, d = x.shape
-        if num_queries is None:
+        if num_queries is None or type(self.qkv) is not nn.Linear:  # e.g. a quantized Linear: slice q
             qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            return qkv.unbind(0)
+            q, k, v = qkv.unbind(0)
+            return (q if num_queries is None else q[:, :, :num_queries]), k, v
         w_q, w_kv = self.qkv.weight.split([d, 2 * d])
         b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
         q = F.linear(x[:, :num_queries], w_q, b_q).reshape(b, num_queries, self.num_heads, self.head_dim)
