@@ -146,20 +146,19 @@ class VisionTransformer(VitkitModel):
         block computes just their outputs (queries, projection, MLP for P tokens instead of
         P + N): the same logits for about (depth - 1) / depth of the work. Explain's attention
         capture needs every token and takes the full path."""
-        if self.config.global_pool != "token" or self.blocks[-1].attn.capture:
-            return self.forward_head(self.forward_features(x))
-        x, _ = self._embed(x)
-        for block in self.blocks[:-1]:
-            x = self._run_block(block, x)
-        x = self._run_block(self.blocks[-1], x, self.num_prefix)  # (B, P, D)
-        return self.forward_head(self.norm(x))
+        prefix_only = self.config.global_pool == "token" and not self.blocks[-1].attn.capture
+        return self.forward_head(self._encode(x, self.num_prefix if prefix_only else None))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + N, D)."""
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor, last_queries: int | None = None) -> torch.Tensor:
+        """Embed, run the blocks (the last one for its first ``last_queries`` tokens only), norm."""
         x, _ = self._embed(x)
-        for block in self.blocks:
-            x = self._run_block(block, x)
-        return self.norm(x)
+        for i, block in enumerate(self.blocks):
+            x = self._run_block(block, x, last_queries if i == len(self.blocks) - 1 else None)
+        return self.norm(x)  # (B, P + N or last_queries, D)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, P + N, D) -> (B, D): class token or mean of the patch tokens."""
