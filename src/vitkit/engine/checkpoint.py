@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from vitkit.errors import VitkitError
-from vitkit.models.hub import atomic_write_bytes, save_state_dict
+from vitkit.io import atomic_write_bytes, atomic_write_json
+from vitkit.models.hub import save_state_dict
 
 CKPT_DIR = "checkpoint"
 LATEST = "latest.json"
@@ -43,7 +44,7 @@ def save_checkpoint(run_dir, model, ema, state: dict) -> Path:
     atomic_write_bytes(target / "state.pt", buf.getvalue())
     files = {p.name: _sha256(p) for p in sorted(target.iterdir()) if not p.name.startswith(".")}
     manifest = {"dir": name, "files": files, "epoch": state["epoch"], "global_step": state["global_step"]}
-    atomic_write_bytes(root / LATEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_json(root / LATEST, manifest)
     for old in root.iterdir():  # keep only the published checkpoint
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)

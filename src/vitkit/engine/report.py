@@ -1,21 +1,19 @@
 """The end of a run: ``metrics.json`` and the PNG plots."""
 from __future__ import annotations
 
-import json
-
 import torch
 
 from vitkit.engine.evaluate import dense_logits
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.plots import plot_confusion, plot_curves, plot_segmentation
-from vitkit.models.hub import atomic_write_bytes
+from vitkit.io import atomic_write_json
 
 
 def write_report(run, metrics: dict) -> None:
     plots = run.run_dir / "plots"
     data = {"model": run.cfg.model, "data": run.cfg.data.name, "task": run.task,
             "epochs": run.cfg.epochs, "global_step": run.global_step, **metrics}
-    atomic_write_bytes(run.run_dir / "metrics.json", json.dumps(data, indent=2).encode())
+    atomic_write_json(run.run_dir / "metrics.json", data)
     if run.history:
         plot_curves(run.history, plots / "curves.png")
     names = list(run.bundle.class_names)

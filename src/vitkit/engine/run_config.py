@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping
 from vitkit.config import apply_overrides, to_dict
 from vitkit.data import DataConfig
 from vitkit.errors import VitkitError
+from vitkit.io import atomic_write_json
 
 CONFIG_FILE = "config.json"
 
@@ -132,9 +133,7 @@ def resolve(base: RunConfig, overrides: Mapping[str, Any] | None = None) -> RunC
 
 
 def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
-    from vitkit.models.hub import atomic_write_bytes
-
-    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2).encode())
+    atomic_write_json(Path(run_dir) / CONFIG_FILE, to_dict(cfg))
 
 
 def load_run_config(run_dir) -> RunConfig:

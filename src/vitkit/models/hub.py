@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from safetensors.torch import load_file
 
 from vitkit.config import apply_overrides, from_dict, to_dict
 from vitkit.errors import VitkitError
+from vitkit.io import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -23,21 +22,6 @@ def is_pretrained_dir(path) -> bool:
         return p.is_dir() and (p / CONFIG_NAME).is_file()
     except (TypeError, OSError):
         return False
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, then rename (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
@@ -71,7 +55,7 @@ def save_pretrained(model, path, extra: dict | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     meta = {"family": model.family, "config": to_dict(model.config), **(extra or {})}
     save_state_dict(model.state_dict(), path / WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(path / CONFIG_NAME, json.dumps(meta, indent=2).encode())
+    atomic_write_json(path / CONFIG_NAME, meta)
 
 
 def read_metadata(path) -> dict:

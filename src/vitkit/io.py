@@ -1,0 +1,33 @@
+"""Atomic file writes: a reader never sees a half-written file, even after a kill.
+
+Every file vitkit publishes (weights, config.json, checkpoints, metrics) goes through
+:func:`atomic_write_bytes`: write a temp file in the same directory, fsync, rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
