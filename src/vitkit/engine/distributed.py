@@ -79,13 +79,12 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
     return batch_size // info.world_size
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, info: DistInfo, workers: int = 0,
-                 skip_batches: int = 0) -> tuple[DataLoader, DistributedSampler]:
+def train_loader(dataset: Dataset, batch_size: int, seed: int, info: DistInfo,
+                 workers: int = 0) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled loader whose order is a pure function of (seed, epoch): call ``set_epoch``."""
     per_rank = per_rank_batch(batch_size, info)
     sampler = SkippingSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                               seed=seed, drop_last=True)
-    sampler.skip = skip_batches * per_rank
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                         drop_last=True, generator=gen, persistent_workers=False, collate_fn=collate)

@@ -47,11 +47,6 @@ class RunLogger:
                     self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
 
-    def log_step(self, step: int, loss: float, lr: float) -> None:
-        if self.enabled and self.writer is not None:
-            self.writer.add_scalar("step/loss", loss, step)
-            self.writer.add_scalar("step/lr", lr, step)
-
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

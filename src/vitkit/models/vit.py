@@ -212,10 +212,6 @@ class VisionTransformer(VitkitModel):
         return state_dict
 
 
-def _vit(**kw) -> ViTConfig:
-    return ViTConfig(**kw)
-
-
 _SIZES = {  # name: (embed_dim, depth, num_heads) — SPEC §1 / timm reference sizes
     "tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
     "large": (1024, 24, 16), "huge": (1280, 32, 16),
@@ -226,42 +222,42 @@ def _paper_presets() -> dict[str, ViTConfig]:
     out = {}
     for size, (d, depth, heads) in _SIZES.items():
         for patch in ((14,) if size == "huge" else (16, 32)):
-            out[f"vit_{size}_patch{patch}_224"] = _vit(patch_size=patch, embed_dim=d, depth=depth, num_heads=heads)
+            out[f"vit_{size}_patch{patch}_224"] = ViTConfig(patch_size=patch, embed_dim=d, depth=depth,
+                                                            num_heads=heads)
     for size in ("tiny", "small", "base"):
         d, depth, heads = _SIZES[size]
-        out[f"deit_{size}_patch16_224"] = _vit(embed_dim=d, depth=depth, num_heads=heads)
-        out[f"deit_{size}_distilled_patch16_224"] = _vit(embed_dim=d, depth=depth, num_heads=heads, distilled=True)
+        out[f"deit_{size}_patch16_224"] = ViTConfig(embed_dim=d, depth=depth, num_heads=heads)
+        out[f"deit_{size}_distilled_patch16_224"] = ViTConfig(embed_dim=d, depth=depth, num_heads=heads,
+                                                              distilled=True)
     for backbone, d, depth, heads in (("resnet18", 384, 12, 6), ("resnet50", 768, 12, 12)):
-        out[f"vit_hybrid_{backbone}_224"] = _vit(patch_size=1, embed_dim=d, depth=depth, num_heads=heads,
-                                                 hybrid_backbone=backbone, hybrid_stages=3)
+        out[f"vit_hybrid_{backbone}_224"] = ViTConfig(patch_size=1, embed_dim=d, depth=depth, num_heads=heads,
+                                                      hybrid_backbone=backbone, hybrid_stages=3)
     return out
 
 
 def _small_image_presets() -> dict[str, ViTConfig]:
     """Sized for CPU training on 8-32 px data (digits, Fashion-MNIST, CIFAR-like)."""
     mini = dict(embed_dim=192, depth=6, num_heads=3, num_classes=10)
+    fmnist = dict(img_size=28, in_chans=1, mlp_ratio=2.0, class_token=False, global_pool="avg", num_classes=10)
     return {
-        "vit_mini_patch2_8": _vit(img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=4, num_heads=4,
-                                  num_classes=10),
-        "vit_mini_patch4_28": _vit(img_size=28, patch_size=4, in_chans=1, **mini),
+        "vit_mini_patch2_8": ViTConfig(img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=4, num_heads=4,
+                                       num_classes=10),
+        "vit_mini_patch4_28": ViTConfig(img_size=28, patch_size=4, in_chans=1, **mini),
         # recipe fmnist_vit_fast: 16 tokens of 7x7, mean-pooled; sized for a 10-minute budget on 2 busy cores
-        "vit_tiny_patch7_28": _vit(img_size=28, patch_size=7, in_chans=1, embed_dim=128, depth=4, num_heads=4,
-                                   mlp_ratio=2.0, class_token=False, global_pool="avg", num_classes=10),
+        "vit_tiny_patch7_28": ViTConfig(patch_size=7, embed_dim=128, depth=4, num_heads=4, **fmnist),
         # recipe fmnist_vit_fast: ViT_C stem (3 stride-2 convs, 28 -> 14 -> 7 -> 4), 16 tokens, 128 wide, 4 deep
-        "vit_tiny_convstem_28": _vit(img_size=28, patch_size=8, conv_stem=(32, 64, 128), in_chans=1, embed_dim=128,
-                                     depth=4, num_heads=4, mlp_ratio=2.0, class_token=False, global_pool="avg",
-                                     num_classes=10),
+        "vit_tiny_convstem_28": ViTConfig(patch_size=8, conv_stem=(32, 64, 128), embed_dim=128, depth=4,
+                                          num_heads=4, **fmnist),
         # recipe fmnist_vit_long: wider ViT_C stem and a 192-wide, 6-deep encoder on the same 4x4 token grid
-        "vit_mini_convstem_28": _vit(img_size=28, patch_size=8, conv_stem=(48, 96, 192), in_chans=1, embed_dim=192,
-                                     depth=6, num_heads=6, mlp_ratio=2.0, class_token=False, global_pool="avg",
-                                     num_classes=10),
-        "vit_mini_patch2_28": _vit(img_size=28, patch_size=2, in_chans=1, **mini),
-        "vit_mini_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, **mini),
-        "vit_small_patch4_32": _vit(img_size=32, patch_size=4, in_chans=3, embed_dim=384, depth=12,
-                                    num_heads=6, num_classes=10),
-        "deit_mini_distilled_patch4_28": _vit(img_size=28, patch_size=4, in_chans=1, distilled=True, **mini),
-        "vit_hybrid_mini_resnet18_32": _vit(img_size=32, patch_size=1, in_chans=3, hybrid_backbone="resnet18",
-                                            hybrid_stages=2, **mini),
+        "vit_mini_convstem_28": ViTConfig(patch_size=8, conv_stem=(48, 96, 192), embed_dim=192, depth=6,
+                                          num_heads=6, **fmnist),
+        "vit_mini_patch2_28": ViTConfig(img_size=28, patch_size=2, in_chans=1, **mini),
+        "vit_mini_patch4_32": ViTConfig(img_size=32, patch_size=4, in_chans=3, **mini),
+        "vit_small_patch4_32": ViTConfig(img_size=32, patch_size=4, in_chans=3, embed_dim=384, depth=12,
+                                         num_heads=6, num_classes=10),
+        "deit_mini_distilled_patch4_28": ViTConfig(img_size=28, patch_size=4, in_chans=1, distilled=True, **mini),
+        "vit_hybrid_mini_resnet18_32": ViTConfig(img_size=32, patch_size=1, in_chans=3, hybrid_backbone="resnet18",
+                                                 hybrid_stages=2, **mini),
     }
 
 
@@ -269,12 +265,12 @@ def _test_presets() -> dict[str, ViTConfig]:
     """Tiny models for unit tests (well under a second each)."""
     tiny = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, mlp_ratio=2.0)
     return {
-        "vit_test": _vit(**tiny),
-        "vit_test_avg": _vit(**dict(tiny, class_token=False, global_pool="avg")),
-        "deit_test_distilled": _vit(**dict(tiny, distilled=True)),
-        "vit_convstem_test": _vit(**dict(tiny, patch_size=4, conv_stem=(8, 16))),
-        "vit_hybrid_test": _vit(**dict(tiny, img_size=32, patch_size=1, hybrid_backbone="resnet18",
-                                       hybrid_stages=2)),
+        "vit_test": ViTConfig(**tiny),
+        "vit_test_avg": ViTConfig(**dict(tiny, class_token=False, global_pool="avg")),
+        "deit_test_distilled": ViTConfig(**dict(tiny, distilled=True)),
+        "vit_convstem_test": ViTConfig(**dict(tiny, patch_size=4, conv_stem=(8, 16))),
+        "vit_hybrid_test": ViTConfig(**dict(tiny, img_size=32, patch_size=1, hybrid_backbone="resnet18",
+                                            hybrid_stages=2)),
     }
 
 

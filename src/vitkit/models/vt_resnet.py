@@ -91,30 +91,26 @@ class VTResNet(VitkitModel):
         return [outs[i] for i in take]
 
 
-def _cfg(**kw) -> VTResNetConfig:
-    return VTResNetConfig(**kw)
-
-
 def _presets() -> tuple[dict, dict, dict]:
-    paper = {f"vt_resnet{d}": _cfg(depth=d) for d in LAYOUTS}
+    paper = {f"vt_resnet{d}": VTResNetConfig(depth=d) for d in LAYOUTS}
     seed = VTConfig(transformer="seed", pos_encoding=True, tokenizer_value=True, projector_value=True)
-    paper["vt_resnet18_seed"] = _cfg(vt=seed)
+    paper["vt_resnet18_seed"] = VTResNetConfig(vt=seed)
     small = {
-        "vt_resnet18_28": _cfg(img_size=28, in_chans=1, num_classes=10, small_stem=True),
-        "vt_resnet18_32": _cfg(img_size=32, in_chans=3, num_classes=10, small_stem=True),
-        "vt_resnet34_32": _cfg(img_size=32, in_chans=3, num_classes=10, depth=34, small_stem=True),
+        "vt_resnet18_28": VTResNetConfig(img_size=28, in_chans=1, num_classes=10, small_stem=True),
+        "vt_resnet18_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, small_stem=True),
+        "vt_resnet34_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, depth=34, small_stem=True),
     }
     tiny = dict(num_classes=5, base_width=8)
     test = {
-        "vt_resnet_test": _cfg(img_size=32, **tiny, vt=VTConfig(num_tokens=4, num_heads=2)),
-        "vt_resnet_test_small": _cfg(img_size=16, in_chans=1, small_stem=True, **tiny,
-                                     vt=VTConfig(num_tokens=4)),
-        "vt_resnet_test_seed": _cfg(img_size=64, **tiny, num_modules=3,
-                                    vt=VTConfig(num_tokens=4, transformer="seed", pos_encoding=True,
-                                                pos_grid=3, pos_channels=4, token_channels=16,
-                                                tokenizer_value=True, projector_value=True)),
-        "vt_resnet_test_ablation": _cfg(img_size=32, **tiny, vt=VTConfig(num_tokens=4, tokenizer="pooling",
-                                                                          transformer="none")),
+        "vt_resnet_test": VTResNetConfig(img_size=32, **tiny, vt=VTConfig(num_tokens=4, num_heads=2)),
+        "vt_resnet_test_small": VTResNetConfig(img_size=16, in_chans=1, small_stem=True, **tiny,
+                                               vt=VTConfig(num_tokens=4)),
+        "vt_resnet_test_seed": VTResNetConfig(img_size=64, **tiny, num_modules=3,
+                                              vt=VTConfig(num_tokens=4, transformer="seed", pos_encoding=True,
+                                                          pos_grid=3, pos_channels=4, token_channels=16,
+                                                          tokenizer_value=True, projector_value=True)),
+        "vt_resnet_test_ablation": VTResNetConfig(img_size=32, **tiny,
+                                                  vt=VTConfig(num_tokens=4, tokenizer="pooling", transformer="none")),
     }
     return paper, small, test
 
