@@ -15,12 +15,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vitkit.engine.predict import expand_inputs, format_predictions, predict_files
+    from vitkit.engine.predict import expand_inputs, format_predictions, predict_files, printable
     from vitkit.errors import VitkitError
     from vitkit.models.hub import load_model, read_metadata, resolve_model_dir
 
     if args.top_k < 1:
         raise VitkitError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise VitkitError(f"--batch-size must be >= 1, got {args.batch_size}")
     model_dir = resolve_model_dir(args.model)
     if model_dir is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
@@ -31,8 +33,8 @@ def run(args) -> int:
     if results:
         print(format_predictions(results, args.format))
     for f in failures:
-        print(f"vitkit predict: error: {f.error}" if f.path in f.error else f"vitkit predict: error: {f.path}: {f.error}",
-              file=sys.stderr)
+        message = f.error if f.path in f.error else f"{f.path}: {f.error}"
+        print(f"vitkit predict: error: {printable(message)}", file=sys.stderr)
     if failures:
         print(f"vitkit predict: {len(failures)} of {len(failures) + len(results)} inputs failed", file=sys.stderr)
         return 1

@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from vitkit.data.config import IGNORE_INDEX, DataBundle, DataConfig
 from vitkit.data.datasets import seeded_subset, stratified_split
-from vitkit.data.images import is_image_name, read_image, read_mask
+from vitkit.data.images import check_image, image_header, is_grayscale_mode, is_image_name, read_image, read_mask
 from vitkit.data.transforms import ClassificationTransform, SegmentationTransform, build_batch_transform, float_stats
 from vitkit.errors import VitkitError
 
@@ -85,6 +85,9 @@ def scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[t
         raise VitkitError(f"{folder} has no class subfolders; use one folder per class (e.g. {folder}/cat/*.png)")
     if classes is not None and found != classes:
         raise VitkitError(f"{folder} has classes {found} but the train folder has {classes}; use the same class folders")
+    if len(found) < 2:
+        raise VitkitError(f"{folder} has one class folder ({found[0]}); a classifier needs at least 2 classes "
+                          "(one subfolder per class)")
     samples = []
     for label, name in enumerate(found):
         files = _images_in(folder / name)
@@ -96,15 +99,18 @@ def scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[t
 
 def _probe(path: Path, cfg: DataConfig) -> tuple[int, int]:
     """(in_chans, img_size) from the first image: grayscale -> 1 channel, anything else -> 3."""
-    from PIL import Image
+    mode, size = image_header(path)
+    return (1 if is_grayscale_mode(mode) else 3), cfg.img_size or max(size)
 
-    try:
-        with Image.open(path) as img:
-            in_chans = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-            size = max(img.size)
-    except OSError as exc:
-        raise VitkitError(f"{path}: unreadable image ({exc}); re-save or remove it") from None
-    return in_chans, cfg.img_size or size
+
+def check_files(paths: list[Path], split: str) -> None:
+    """Header (and, where the format allows, structure) check of every file of ``split`` before
+    training starts, so a corrupt validation image is reported now, not after an epoch."""
+    for path in paths:
+        try:
+            check_image(path)
+        except VitkitError as exc:
+            raise VitkitError(f"{split} data: {exc}") from None
 
 
 def _stats(paths: list[Path], in_chans: int, img_size: int, seed: int):
@@ -142,7 +148,8 @@ def build_imagefolder(cfg: DataConfig) -> DataBundle:
 
 def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: list, classes: list[str],
                    make, transform_cls) -> DataBundle:
-    """Probe channels/size and normalisation on the training images, then wrap both splits."""
+    """Probe channels/size and normalisation on the training images, wrap both splits; the val
+    files in use are checked now (a corrupt one is an error before epoch 1)."""
     in_chans, img_size = _probe(train_items[0][0], cfg)
     mean, std = _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed)
 
@@ -150,9 +157,12 @@ def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: lis
         data = make(items, in_chans, transform_cls(cfg, img_size, mean, std, train))
         return seeded_subset(data, limit, cfg.seed, label)
 
+    val = split(val_items, False, cfg.limit_val, "limit_val")
+    used = val.indices if isinstance(val, Subset) else range(len(val_items))
+    check_files([p for i in used for p in val_items[i] if isinstance(p, Path)], "val")
     return DataBundle(
         train=split(train_items, True, cfg.limit_train, "limit_train"),
-        val=split(val_items, False, cfg.limit_val, "limit_val"),
+        val=val,
         task=task, num_classes=len(classes), in_chans=in_chans, img_size=img_size, class_names=classes,
         mean=mean, std=std, batch_transform=build_batch_transform(cfg, task, len(classes)),
     )

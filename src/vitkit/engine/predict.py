@@ -58,28 +58,46 @@ def class_probs(model, images: torch.Tensor, task: str) -> torch.Tensor:
 
 def predict_files(model, meta: dict, files: list[Path], top_k: int = 5,
                   batch_size: int = 64) -> tuple[list[Prediction], list[Failure]]:
-    """Load each file (errors collected per file), run the model in batches, keep the top-k."""
-    from vitkit.data import load_image
-
+    """Load each batch of files (errors collected per file), run the model, keep the top-k."""
+    if batch_size < 1:
+        raise VitkitError(f"batch size must be >= 1, got {batch_size}")
     model.eval()
     pre = preprocess_info(meta, model)
     names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
     task = meta.get("task", "classification")
-    loaded, failures = [], []
-    for path in files:
+    results, failures = [], []
+    for start in range(0, len(files), batch_size):
+        loaded = _load_batch(files[start:start + batch_size], pre, failures)
+        if not loaded:
+            continue
+        probs = class_probs(model, torch.stack([x for _, x in loaded]), task)  # (B, K)
+        top = probs.topk(min(top_k, len(names), probs.shape[-1]), dim=-1)
+        for (path, _), p, i in zip(loaded, top.values, top.indices):
+            if not torch.isfinite(p).all():
+                failures.append(Failure(str(path), f"{path}: the model output is NaN or inf for this image; "
+                                                   "check the model's weights and preprocess metadata"))
+                continue
+            results.append(Prediction(str(path), [names[j] for j in i.tolist()], p.tolist()))
+    return results, failures
+
+
+def _load_batch(paths: list[Path], pre: dict, failures: list[Failure]) -> list[tuple[Path, torch.Tensor]]:
+    from vitkit.data import load_image
+
+    loaded = []
+    for path in paths:
         try:
             loaded.append((path, load_image(path, pre["in_chans"], pre["img_size"], pre["mean"], pre["std"])))
         except (VitkitError, OSError) as exc:
             failures.append(Failure(str(path), str(exc)))
-    results = []
-    k = min(top_k, len(names))
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start:start + batch_size]
-        probs = class_probs(model, torch.stack([x for _, x in chunk]), task)  # (B, K)
-        top = probs.topk(k, dim=-1)
-        for (path, _), p, i in zip(chunk, top.values, top.indices):
-            results.append(Prediction(str(path), [names[j] for j in i.tolist()], p.tolist()))
-    return results, failures
+    return loaded
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, tabs, escapes) shown as escapes: one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def format_predictions(results: list[Prediction], fmt: str) -> str:
@@ -99,9 +117,10 @@ def format_predictions(results: list[Prediction], fmt: str) -> str:
             for rank, (label, p) in enumerate(zip(r.labels, r.probs), 1):
                 w.writerow([r.path, rank, label, f"{p:.6f}"])
         return buf.getvalue().rstrip("\n")
-    width = max([len(r.path) for r in results] + [4])
+    paths = [printable(r.path) for r in results]
+    width = max([len(p) for p in paths] + [4])
     lines = [f"{'path':<{width}}  top predictions (probability)"]
-    for r in results:
-        tops = "  ".join(f"{label} {p:.3f}" for label, p in zip(r.labels, r.probs))
-        lines.append(f"{r.path:<{width}}  {tops}")
+    for r, path in zip(results, paths):
+        tops = "  ".join(f"{printable(label)} {p:.3f}" for label, p in zip(r.labels, r.probs))
+        lines.append(f"{path:<{width}}  {tops}")
     return "\n".join(lines)
