@@ -17,6 +17,8 @@ from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.layers import to_2tuple
+from vitkit.layers.patch_embed import HYBRID_BACKBONES
+from vitkit.layers.resnet import LAYOUTS
 from vitkit.models.hub import check_state_dict
 from vitkit.models.vit import ViTConfig, VisionTransformer
 
@@ -34,12 +36,7 @@ _UNSUPPORTED_KEYS = {
 }
 
 # Block layouts of the torchvision ResNets that vitkit's hybrid trunk can be.
-_RESNET_LAYOUTS = {
-    "resnet18": ("BasicBlock", (2, 2, 2, 2)),
-    "resnet34": ("BasicBlock", (3, 4, 6, 3)),
-    "resnet50": ("Bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("Bottleneck", (3, 4, 23, 3)),
-}
+_RESNET_LAYOUTS = {name: (LAYOUTS[depth][0].__name__, LAYOUTS[depth][1]) for name, depth in HYBRID_BACKBONES.items()}
 
 
 def _unsupported(feature: str) -> VitkitError:

@@ -1,14 +1,12 @@
 """Patch embedding (ViT eq. 1: x_p^i E) and the hybrid CNN-feature patch source."""
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import nn
-from torchvision.models import resnet
 
 from vitkit.errors import VitkitError
 from vitkit.layers.helpers import to_2tuple
+from vitkit.layers.resnet import LAYOUTS, ResNetTrunk
 
 
 def patch_grid(h: int, w: int, patch: tuple[int, int], what: str) -> tuple[int, int]:
@@ -41,38 +39,25 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
-_RESNETS = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34, "resnet50": resnet.resnet50,
-            "resnet101": resnet.resnet101}
-
-
-def build_resnet_trunk(name: str, in_chans: int, num_stages: int) -> tuple[nn.Sequential, int, int]:
-    """torchvision ResNet stem + the first ``num_stages`` stages, randomly initialised.
-
-    Returns (trunk, out_channels, stride). Module names follow torchvision (conv1, bn1, layer1..).
-    """
-    if name not in _RESNETS:
-        raise VitkitError(f"unknown hybrid backbone '{name}'; choose one of {', '.join(_RESNETS)}")
-    if not 1 <= num_stages <= 4:
-        raise VitkitError(f"hybrid_stages must be 1..4, got {num_stages}")
-    net = _RESNETS[name](weights=None)
-    if in_chans != 3:
-        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    parts = [("conv1", net.conv1), ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool)]
-    parts += [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, num_stages + 1)]
-    trunk = nn.Sequential(OrderedDict(parts))
-    last = getattr(net, f"layer{num_stages}")[-1]
-    channels = last.bn3.num_features if hasattr(last, "bn3") else last.bn2.num_features
-    return trunk, channels, 4 * 2 ** (num_stages - 1)
+HYBRID_BACKBONES = {f"resnet{depth}": depth for depth in LAYOUTS}
 
 
 class HybridEmbed(nn.Module):
-    """Hybrid ViT patch source (Dosovitskiy et al. §3.1): CNN feature map -> p x p patches -> D."""
+    """Hybrid ViT patch source (Dosovitskiy et al. §3.1): CNN feature map -> p x p patches -> D.
+
+    The CNN is the stem and first ``num_stages`` stages of a ResNet (:class:`ResNetTrunk`).
+    """
 
     def __init__(self, backbone: str, num_stages: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        self.backbone, channels, self.stride = build_resnet_trunk(backbone, in_chans, num_stages)
+        if backbone not in HYBRID_BACKBONES:
+            raise VitkitError(f"unknown hybrid backbone '{backbone}'; choose one of {', '.join(HYBRID_BACKBONES)}")
+        if not 1 <= num_stages <= 4:
+            raise VitkitError(f"hybrid_stages must be 1..4, got {num_stages}")
+        self.backbone = ResNetTrunk(HYBRID_BACKBONES[backbone], in_chans, num_stages=num_stages)
+        self.stride = self.backbone.reductions[-1]
         self.in_chans = in_chans
-        self.patch = PatchEmbed(patch_size, channels, embed_dim)
+        self.patch = PatchEmbed(patch_size, self.backbone.channels[-1], embed_dim)
         self.patch_size = tuple(p * self.stride for p in self.patch.patch_size)
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
