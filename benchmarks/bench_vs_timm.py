@@ -20,9 +20,8 @@ import platform
 import torch
 
 from vitkit.models.hub import load_model
-from vitkit.tools.bench import DTYPES, BenchConfig, input_batch, measure
-from vitkit.tools.bench_timm import timm_equivalent
-from vitkit.tools.measure import matmul_peak, time_steps
+from vitkit.tools.bench import (DTYPES, BenchConfig, input_batch, interleaved_times, make_runner, matmul_peak,
+                                timm_equivalent)
 
 MODELS = ("vit_small_patch16_224", "vit_small_patch4_32")
 
@@ -35,15 +34,14 @@ def run_group(name: str, rows: list[tuple[str, str, BenchConfig]], peaks: dict) 
     runners = []
     for label, lib, cfg in rows:
         model = load_model(name) if lib == "vitkit" else timm_equivalent(base)
-        runners.append((label, cfg, *measure(label, model, x, cfg, peaks[cfg.dtype])))
-    for _, cfg, step, _ in runners:
-        time_steps(step, 0, cfg.warmup)
-    times = [[] for _ in runners]
-    for _ in range(rows[0][2].rounds):
-        for dtype in {cfg.dtype for _, _, cfg in rows}:  # the peak is re-measured under the same load
+        runners.append((label, cfg, *make_runner(label, model, x, cfg, peaks[cfg.dtype])))
+
+    def remeasure_peaks():  # before each round: the peak is re-measured under the same load
+        for dtype in {cfg.dtype for _, _, cfg in rows}:
             peaks[dtype] = max(peaks[dtype], matmul_peak(DTYPES[dtype]))
-        for (_, cfg, step, _), acc in zip(runners, times):
-            acc += time_steps(step, cfg.iters, 0)
+    first = rows[0][2]
+    times = interleaved_times([step for _, _, step, _ in runners], first.rounds, first.iters, first.warmup,
+                              remeasure_peaks)
     out = []
     for (label, cfg, _, finish), t in zip(runners, times):
         r = finish(t)._asdict()

@@ -9,7 +9,7 @@ from torch import nn
 
 from vitkit.cli import main
 from vitkit.errors import VitkitError
-from vitkit.tools.flops import count_flops, default_part, measure
+from vitkit.tools.flops import count_flops, default_part, flops_of, measure
 
 
 class _Tiny(nn.Module):
@@ -32,6 +32,11 @@ def test_count_flops_matches_hand_count():
     assert report.part_flops == 2 * neck_macs and report.part_macs == neck_macs
     assert report.flops == 2 * (neck_macs + 6 * 3)
     assert report.params == 2 * 6 + 6 * 3 + 3 and report.part_params == 12
+
+
+def test_flop_counter_on_a_matmul():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert flops_of(lambda: a @ b).total == 2 * 8 * 16 * 4
 
 
 def test_default_part_per_family():

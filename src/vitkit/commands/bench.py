@@ -53,8 +53,7 @@ def run(args) -> int:
 
     import torch
 
-    from vitkit.tools.bench import DTYPES, BenchConfig, run_bench
-    from vitkit.tools.measure import matmul_peak
+    from vitkit.tools.bench import DTYPES, BenchConfig, matmul_peak, run_bench
 
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
                       args.train, args.grad_ckpt, args.iters, args.warmup, compare=args.compare,

@@ -82,7 +82,7 @@ class ClassificationTransform:
 
     resize (if the image is not img_size) -> [train: crop with padding, flip, RandAugment] -> (x - mean) / std.
     Crop/flip/normalise are plain tensor ops: on 28x28 uint8 items about 3x cheaper than the
-    same v2 modules in a Compose (``python -m vitkit.data.bench`` prints both).
+    same v2 modules in a Compose (``python -m vitkit.tools.bench`` prints both).
     """
 
     def __init__(self, cfg: DataConfig, img_size: int, mean, std, train: bool):

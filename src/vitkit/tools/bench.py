@@ -1,14 +1,30 @@
-"""``vitkit bench``: throughput, step latency, peak memory, params and FLOPs of any model.
+"""Benchmarks: model steps (``vitkit bench``) and the data path's per-item cost.
 
-A step is one forward pass (inference, ``torch.inference_mode``) or one training step
-(forward, cross-entropy, backward, SGD-momentum update). Throughput = batch / median step
-time; achieved FLOP/s = counted FLOPs of a step / median step time, shown as a fraction of
-the machine's matmul peak for the dtype (:func:`vitkit.tools.measure.matmul_peak`).
-With ``compare="timm"`` the equivalent timm model runs in the same process, interleaved.
+1. Measurement: wall time of a step, peak memory of a step, the machine's matmul peak.
+   FLOPs come from the one FLOP counter, :func:`vitkit.tools.flops.flops_of`.
+2. Model steps: a step is one forward pass (inference, ``torch.inference_mode``) or one
+   training step (forward, cross-entropy, backward, SGD-momentum update). Throughput = batch /
+   median step time; achieved FLOP/s = counted FLOPs of a step / median step time, shown as a
+   fraction of the matmul peak for the dtype. With ``compare="timm"`` the equivalent timm
+   model runs in the same process, interleaved.
+3. Data path: ``python -m vitkit.tools.bench [--items N] [--threads T]`` times ``dataset[i]``
+   (transform included) for each data set / augmentation pair in one process, the way a
+   DataLoader worker runs it, and prints microseconds per item.
+
+Peak memory is read from the PyTorch profiler's allocator events: every allocation and free by
+PyTorch during one step, in time order; the peak is the highest running total. It counts what
+the step allocates beyond what already existed (weights, inputs, optimizer state), is exact and
+independent of the OS allocator's caching (unlike RSS).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
+import statistics
+import sys
+import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
@@ -16,12 +32,88 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitkit.data import DataConfig, build_data
+from vitkit.data.datasets import ArrayDataset
 from vitkit.errors import VitkitError
-from vitkit.tools.measure import count_flops, matmul_peak, median, peak_memory_bytes, time_steps
+from vitkit.models.hub import load_model
+from vitkit.tools.flops import flops_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
+# ---------------------------------------------------------------- measurement
+def time_steps(step: Callable[[], object], iters: int, warmup: int) -> list[float]:
+    """Wall seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_times(steps: list[Callable[[], object]], rounds: int, iters: int, warmup: int,
+                      before_round: Callable[[], None] = lambda: None) -> list[list[float]]:
+    """Step times of each of ``steps``, run in turn (A, B, ..., A, B, ...) for ``rounds`` rounds of
+    ``iters`` calls after ``warmup`` untimed calls each, so load from other jobs hits all alike."""
+    for step in steps:
+        time_steps(step, 0, warmup)
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        before_round()
+        for step, acc in zip(steps, times):
+            acc += time_steps(step, iters, 0)
+    return times
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler backend's C++ log lines (file descriptor 2) for the duration."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def peak_memory_bytes(step: Callable[[], object], device: str = "cpu") -> int:
+    """Peak bytes allocated by PyTorch on ``device`` during one call of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    kind = f"DeviceType.{torch.device(device).type.upper()}"
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and str(e.device_type()) == kind]
+    total = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        total += e.nbytes()  # + allocation, - free
+        peak = max(peak, total)
+    return peak
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
+    """The machine's practical peak FLOP/s: best of ``reps`` large square matmuls (2 n^3 FLOPs);
+    int8: ``torch._int_mm`` (int8 x int8 -> int32, the VNNI kernel), counted as int8 operations/s."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        mm = torch._int_mm
+    else:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        mm = torch.mm
+    mm(a, b)  # warm-up (thread pool, kernel selection)
+    best = min(time_steps(lambda: mm(a, b), reps, 1))
+    return 2 * n**3 / best
+
+
+# ---------------------------------------------------------------- model steps
 @dataclass(frozen=True)
 class BenchConfig:
     model: str
@@ -102,6 +194,14 @@ def input_batch(model: nn.Module, cfg: BenchConfig) -> torch.Tensor:
     return torch.randn(cfg.batch_size, c.in_chans, *size, generator=torch.Generator().manual_seed(cfg.seed))
 
 
+def quantize_linear_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every nn.Linear (weights int8 per tensor, activations quantized
+    per batch at run time; fbgemm's VNNI kernels on x86). Inference only; outputs change slightly."""
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Module, torch.Tensor, nn.Module]:
     """(runnable model, input batch, plain model) per dtype / channels-last / compile / mode."""
     model.train(cfg.train)
@@ -123,45 +223,51 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
     return runnable, x, model
 
 
-def quantize_linear_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every nn.Linear (weights int8 per tensor, activations quantized
-    per batch at run time; fbgemm's VNNI kernels on x86). Inference only; outputs change slightly."""
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
-def measure(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
-            peak_flops: float) -> tuple[Callable, Callable]:
+def make_runner(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
+                peak_flops: float) -> tuple[Callable, Callable]:
     """(timed step, finaliser) for one model; the finaliser turns step times into a result."""
     if cfg.dtype == "int8":  # the quantized ops are not counted by the FLOP counter: count the fp32 model
-        flops = count_flops(make_step(model.train(False), x, replace(cfg, compile=False, dtype="fp32")))
+        flops = flops_of(make_step(model.train(False), x, replace(cfg, compile=False, dtype="fp32"))).total
     runnable, x, plain = prepare(model, x, cfg)
     step = make_step(runnable, x, cfg)
     if cfg.dtype != "int8":
-        flops = count_flops(make_step(plain, x, replace(cfg, compile=False)))
+        flops = flops_of(make_step(plain, x, replace(cfg, compile=False))).total
     params = sum(p.numel() for p in plain.parameters())
 
     def finish(times: list[float]) -> BenchResult:
         mem = peak_memory_bytes(step) if cfg.memory else None
-        t = median(times)
+        t = statistics.median(times)
         return BenchResult(label, t, cfg.batch_size / t, mem, params, flops, flops / t, flops / t / peak_flops)
     return step, finish
 
 
+def timm_equivalent(model: nn.Module) -> nn.Module:
+    """A ``timm.models.vision_transformer.VisionTransformer`` built with the same arguments as a
+    plain vitkit ViT (``--compare timm``)."""
+    c = getattr(model, "config", None)
+    if getattr(model, "family", "") != "vit" or c.hybrid_backbone or c.distilled:
+        raise VitkitError(f"--compare timm supports plain ViT presets only, not {type(model).__name__}"
+                          f"{' (hybrid/distilled)' if getattr(model, 'family', '') == 'vit' else ''}")
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        raise VitkitError("--compare timm needs timm: pip install timm") from None
+    return VisionTransformer(
+        img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+        global_pool=c.global_pool, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+        mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm, init_values=c.init_values,
+        class_token=c.class_token, fc_norm=c.fc_norm, drop_rate=c.drop_rate,
+        attn_drop_rate=c.attn_drop_rate, drop_path_rate=c.drop_path_rate,
+    )
+
+
 def build_models(cfg: BenchConfig) -> list[tuple[str, nn.Module]]:
     """[("vitkit", model)] plus ("timm", equivalent) when comparing."""
-    from vitkit.models.hub import load_model
-
     torch.manual_seed(cfg.seed)
     overrides = {"img_size": cfg.img_size} if cfg.img_size else {}
     model = load_model(cfg.model, **overrides)
     models = [("vitkit", model)]
     if cfg.compare == "timm":
-        from vitkit.tools.bench_timm import timm_equivalent
-
         models.append(("timm", timm_equivalent(model)))
     return models
 
@@ -172,11 +278,62 @@ def run_bench(cfg: BenchConfig, peak_flops: float | None = None) -> list[BenchRe
     peak_flops = peak_flops or matmul_peak(DTYPES[cfg.dtype])
     models = build_models(cfg)
     x = input_batch(models[0][1], cfg)
-    runners = [measure(label, m, x, cfg, peak_flops) for label, m in models]
-    for step, _ in runners:
-        time_steps(step, 0, cfg.warmup)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(cfg.rounds):
-        for (step, _), acc in zip(runners, times):
-            acc += time_steps(step, max(1, cfg.iters // cfg.rounds), 0)
+    runners = [make_runner(label, m, x, cfg, peak_flops) for label, m in models]
+    times = interleaved_times([step for step, _ in runners], cfg.rounds, max(1, cfg.iters // cfg.rounds),
+                              cfg.warmup)
     return [finish(t) for (_, finish), t in zip(runners, times)]
+
+
+# ---------------------------------------------------------------- data path
+DATA_CASES = (
+    ("fashion-mnist", dict(augment="none")),
+    ("fashion-mnist", dict(augment="basic")),
+    ("fashion-mnist", dict(augment="basic", img_size=32)),
+    ("fashion-mnist", dict(augment="randaugment")),
+    ("digits", dict(augment="basic")),
+    ("seg-canvas", dict(augment="basic", canvas_train_size=2000)),
+)
+
+
+def time_items(dataset, n: int) -> float:
+    """Median over 3 runs of the mean seconds per ``dataset[i]`` over ``n`` items."""
+    n = min(n, len(dataset))
+
+    def run(count: int) -> None:
+        for i in range(count):
+            dataset[i]
+    run(min(100, n))  # warm-up
+    return statistics.median(time_steps(lambda: run(n), 3, 0)) / n
+
+
+def v2_baseline(bundle) -> torch.utils.data.Dataset:
+    """The same basic augmentation as a torchvision.transforms.v2.Compose, for comparison."""
+    from torchvision.transforms import v2
+
+    ops = v2.Compose([
+        v2.RandomCrop(bundle.img_size, padding=2), v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(bundle.mean), list(bundle.std)),
+    ])
+    base = bundle.train.dataset if isinstance(bundle.train, torch.utils.data.Subset) else bundle.train
+    return ArrayDataset(base.images, base.labels, ops)
+
+
+def main(argv=None) -> None:
+    """Print the data path's per-item cost (us per ``dataset[i]``) for each case of ``DATA_CASES``."""
+    parser = argparse.ArgumentParser(description="Per-item transform cost of the data sets (us per dataset[i]).")
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"{'data set':15s} {'options':45s} {'us/item':>8s}")
+    for name, opts in DATA_CASES:
+        bundle = build_data(DataConfig(name=name, **opts))
+        print(f"{name:15s} {str(opts):45s} {time_items(bundle.train, args.items) * 1e6:8.1f}")
+        if name == "fashion-mnist" and opts == {"augment": "basic"}:
+            ref = time_items(v2_baseline(bundle), args.items)
+            print(f"{name:15s} {'(v2.Compose crop+flip+normalise, reference)':45s} {ref * 1e6:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,36 @@
-"""Parameters and FLOPs of a model, whole and one part (the neck or the VT modules).
+"""The FLOP counter: parameters and FLOPs of a model, whole and one part (the neck or the VT
+modules), and the FLOPs of any step (``vitkit bench``).
 
-Counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image (batch 1, eval mode).
-That counter counts a multiply-add as 2 FLOPs and only matrix products and convolutions
-(not normalisation, activations, softmax or pooling). Papers (ResNet, VT) report
-multiply-adds under the name "FLOPs": compare their figures with ``macs`` = flops / 2.
+Counted with ``torch.utils.flop_counter.FlopCounterMode`` (:func:`flops_of`); a model is measured
+on one image (batch 1, eval mode). That counter counts a multiply-add as 2 FLOPs and only matrix
+products and convolutions (not normalisation, activations, softmax or pooling). Papers (ResNet,
+VT) report multiply-adds under the name "FLOPs": compare their figures with ``macs`` = flops / 2.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.errors import VitkitError
+from vitkit.models.hub import load_model
 
 PART_CANDIDATES = ("neck", "vt", "trunk.layer4")  # first one the model has is measured by default
+
+
+class FlopCounts(NamedTuple):
+    total: int  # 2 per multiply-add
+    by_module: dict[str, dict]  # "Model.sub.module" -> {aten op: FLOPs}, as FlopCounterMode reports them
+
+
+def flops_of(fn: Callable[[], object]) -> FlopCounts:
+    """FLOPs of the matmuls / convolutions / attention that ``fn()`` runs (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return FlopCounts(counter.get_total_flops(), counter.get_flop_counts())
 
 
 @dataclass(frozen=True)
@@ -66,16 +81,15 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int], part: str | N
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        with torch.no_grad():
+            total, by_module = flops_of(lambda: model(x))
     finally:
         model.train(was_training)
-    total = counter.get_total_flops()
     params = sum(p.numel() for p in model.parameters())
     report = FlopReport(name or type(model).__name__, tuple(x.shape), params, total)
     if part is None:
         return report
-    part_flops = _part_flops(counter.get_flop_counts(), type(model).__name__, part)
+    part_flops = _part_flops(by_module, type(model).__name__, part)
     part_params = sum(p.numel() for p in modules[part].parameters())
     return FlopReport(report.model, report.input_shape, params, total, part, part_params, part_flops)
 
@@ -83,8 +97,6 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int], part: str | N
 def measure(spec: str, img_size: int | None = None, part: str | None = "auto",
             overrides: dict | None = None) -> FlopReport:
     """Build ``spec`` (registered name or saved dir, config ``overrides``) at ``img_size``; count FLOPs."""
-    from vitkit.models.hub import load_model
-
     if img_size is not None and img_size < 1:
         raise VitkitError(f"--img-size must be a positive integer, got {img_size}")
     overrides = dict(overrides or {}, **({"img_size": img_size} if img_size is not None else {}))
