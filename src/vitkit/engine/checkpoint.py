@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from vitkit.models.hub import save_state_dict
 
 CKPT_DIR = "checkpoint"
 LATEST = "latest.json"
+STEP_DIR = re.compile(r"step_\d{8}_b\d{6}")  # the only entries checkpoint cleanup may remove
 
 
 def _sha256(path: Path) -> str:
@@ -45,8 +47,8 @@ def save_checkpoint(run_dir, model, ema, state: dict) -> Path:
     files = {p.name: _sha256(p) for p in sorted(target.iterdir()) if not p.name.startswith(".")}
     manifest = {"dir": name, "files": files, "epoch": state["epoch"], "global_step": state["global_step"]}
     atomic_write_json(root / LATEST, manifest)
-    for old in root.iterdir():  # keep only the published checkpoint
-        if old.is_dir() and old.name != name:
+    for old in root.iterdir():  # keep only the published checkpoint; touch nothing but step dirs
+        if old.name != name and STEP_DIR.fullmatch(old.name) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -8,6 +8,7 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -27,6 +28,7 @@ from vitkit.engine.loop import StopFlag, train_one_epoch
 from vitkit.engine.losses import build_loss
 from vitkit.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from vitkit.engine.run_config import RunConfig, save_run_config
+from vitkit.engine.runlock import lock_run_dir
 from vitkit.errors import VitkitError
 
 
@@ -260,19 +262,24 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     try:
         run_dir = Path(cfg.out_dir)
         cfg = resolve_data_config(cfg)
-        if not resume and has_checkpoint(run_dir):
-            raise VitkitError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
-                              "or pick another --out")
-        run = prepare(cfg, run_dir, info)
-        start = restore(run) if resume else (0, 0, None)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_run_config(cfg, run_dir)
-            run.logger.rewrite(run.history)
-        try:
-            metrics = fit(run, *start)
-            return finish(run, metrics)
-        finally:
-            run.logger.close()
+        with lock_run_dir(run_dir, owner=info.is_main) or contextlib.nullcontext():  # one writer per run dir
+            return _train_locked(cfg, run_dir, info, resume)
     finally:
         D.cleanup(info)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, info: D.DistInfo, resume: bool) -> dict:
+    if not resume and has_checkpoint(run_dir):
+        raise VitkitError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+                          "or pick another --out")
+    run = prepare(cfg, run_dir, info)
+    start = restore(run) if resume else (0, 0, None)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_run_config(cfg, run_dir)
+        run.logger.rewrite(run.history)
+    try:
+        metrics = fit(run, *start)
+        return finish(run, metrics)
+    finally:
+        run.logger.close()
