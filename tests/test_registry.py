@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import vitkit
 from vitkit.errors import VitkitError
@@ -92,6 +93,22 @@ def test_deterministic(name):
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
         torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_forward_is_forward_head_of_forward_features(name):
+    """The contract of models/base.py, up to fp32 rounding. Both paths run the same operations on
+    the same weights; a ViT's forward skips the last block's rows its head does not read, so a sum
+    there may be taken in another order. A sum of K terms rounds at most K times, each by at most
+    eps relative: K eps times the output's scale bounds the difference (K = the widest fan-in)."""
+    torch.manual_seed(0)
+    model = build(name).eval()
+    x = _input(model, batch=3)
+    with torch.no_grad():
+        out, ref = model(x), model.forward_head(model.forward_features(x))
+    fan_in = max(m.weight[0].numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    tol = fan_in * torch.finfo(torch.float32).eps * ref.abs().max().item()
+    torch.testing.assert_close(out, ref, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)

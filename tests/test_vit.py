@@ -107,6 +107,8 @@ def test_load_at_another_image_size_resamples(tmp_path):
         (lambda: vitkit.create_model("vit_test", depth="two"), "bad value for 'depth'"),
         (lambda: vitkit.create_model("vit_test", embed_dim=30, num_heads=4), "not divisible by num_heads"),
         (lambda: vitkit.create_model("vit_test", class_token=False), "global_pool='avg'"),
+        (lambda: vitkit.create_model("deit_test_distilled", global_pool="avg"), "distillation token un-normalised"),
+        (lambda: vitkit.create_model("deit_test_distilled", fc_norm=True), "distillation token un-normalised"),
         (lambda: vitkit.create_model("vit_test")(torch.randn(1, 1, 16, 16)), "3-channel"),
         (lambda: vitkit.create_model("vit_test")(torch.randn(1, 3, 18, 16)), "not divisible by the patch size"),
         (lambda: vitkit.create_model("vit_test")(torch.randn(3, 16, 16)), r"\(B, C, H, W\)"),
@@ -182,10 +184,10 @@ def test_conv_stem_any_size_rounds_up_and_matches_its_layers():
 ])
 def test_prefix_only_last_block_gives_the_full_path_logits_with_less_work(name, overrides):
     """forward() runs the last block for the prefix tokens only: logits and gradients equal the full
-    path's (forward_head(forward_features)), with fewer FLOPs; capture (explain) takes the full path."""
+    path's (forward_head(forward_features)), with fewer FLOPs; explain sees every token's attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vitkit.tools.explain import capture_attention
+    from vitkit.tools.explain import explain_vit
 
     torch.manual_seed(0)
     model = vitkit.create_model(name, **overrides).eval()
@@ -198,9 +200,7 @@ def test_prefix_only_last_block_gives_the_full_path_logits_with_less_work(name, 
             fn()
         flops.append(counter.get_total_flops())
     assert flops[0] < flops[1]
-    with capture_attention(model):
-        model(x)
-        assert model.blocks[-1].attn.last_attn.shape[-2] == model.pos_embed.shape[1]  # all queries
+    assert explain_vit(model, x).attentions[-1].shape[-2] == model.pos_embed.shape[1]  # all queries
     model.train()
     grads = []
     for fn in (lambda: model(x), full):

@@ -10,9 +10,9 @@ class Attention(nn.Module):
     """MSA(z) = concat_h softmax(q_h k_h^T / sqrt(d)) v_h, then a linear projection.
 
     The fused SDPA kernel is used unless ``capture`` is set (by the explain tools); then
-    the attention matrix is formed explicitly and kept in ``last_attn`` (B, heads, N, N).
+    the attention matrix is formed explicitly and kept in ``last_attn`` (B, heads, n, N).
     With ``num_queries=n`` only the first n tokens query (keys and values still come from all
-    N): the output is (B, n, D), equal to the first n rows of the full output.
+    N tokens): the output is (B, n, D), the first n rows of the full output.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
@@ -31,26 +31,14 @@ class Attention(nn.Module):
         self.capture = False
         self.last_attn: torch.Tensor | None = None
 
-    def _qkv(self, x: torch.Tensor, num_queries: int | None):
-        """q (B, heads, n, head_dim) for the first n tokens (all when None); k, v (B, heads, N, head_dim)."""
-        b, n, d = x.shape
-        if num_queries is None or type(self.qkv) is not nn.Linear:  # e.g. a quantized Linear: slice q
-            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            return (q if num_queries is None else q[:, :, :num_queries]), k, v
-        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
-        b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
-        q = F.linear(x[:, :num_queries], w_q, b_q).reshape(b, num_queries, self.num_heads, self.head_dim)
-        kv = F.linear(x, w_kv, b_kv).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return (q.transpose(1, 2), *kv.unbind(0))
-
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
-        b, _, d = x.shape
-        q, k, v = self._qkv(x, num_queries)
-        q, k = self.q_norm(q), self.k_norm(k)
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        q, k = self.q_norm(q[:, :, :num_queries]), self.k_norm(k)  # queries: the first n tokens (all if None)
         if self.capture:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
-            attn = attn.softmax(dim=-1)  # (B, heads, N, N)
+            attn = attn.softmax(dim=-1)  # (B, heads, n, N)
             self.last_attn = attn.detach()
             x = F.dropout(attn, self.attn_drop, self.training) @ v
         else:

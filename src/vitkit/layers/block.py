@@ -37,8 +37,8 @@ class LayerScale(nn.Module):
 class Block(nn.Module):
     """z' = z + MSA(LN(z));  z_out = z' + MLP(LN(z')).
 
-    ``num_queries=n`` returns only the first n output tokens (B, n, D), computed without the
-    other tokens' queries, projection and MLP (they still serve as keys and values).
+    ``num_queries=n`` returns only the first n output tokens (B, n, D): those tokens query all N
+    (keys and values from every token), and only their rows go through the projection and MLP.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -55,6 +55,6 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
-        y = x if num_queries is None else x[:, :num_queries]
+        y = x[:, :num_queries]  # (B, n, D); all N tokens if None
         y = y + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries)))
         return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))

@@ -53,6 +53,10 @@ class ViTConfig:
             raise VitkitError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
         if self.distilled and not self.class_token:
             raise VitkitError("a distilled ViT needs class_token=True")
+        if self.distilled and (self.global_pool == "avg" or self.fc_norm):
+            raise VitkitError("a distilled ViT's heads read the class and distillation tokens after the final "
+                              "norm: use global_pool='token' and fc_norm=None (mean pooling / fc_norm would leave "
+                              "the distillation token un-normalised)")
         for name in ("depth", "num_heads", "patch_size", "in_chans", "embed_dim"):
             if getattr(self, name) < 1:
                 raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -142,12 +146,10 @@ class VisionTransformer(VitkitModel):
         return block(x, num_queries)
 
     def forward(self, x: torch.Tensor):
-        """Logits. With class-token pooling the head reads only the prefix tokens, so the last
-        block computes just their outputs (queries, projection, MLP for P tokens instead of
-        P + N): the same logits for about (depth - 1) / depth of the work. Explain's attention
-        capture needs every token and takes the full path."""
-        prefix_only = self.config.global_pool == "token" and not self.blocks[-1].attn.capture
-        return self.forward_head(self._encode(x, self.num_prefix if prefix_only else None))
+        """Logits: ``forward_head(forward_features(x))`` with less work. Class-token pooling reads
+        only the P prefix tokens, so the last block computes just their outputs (their attention
+        rows, projection and MLP; keys and values still come from every token)."""
+        return self.forward_head(self._encode(x, self.num_prefix if self.config.global_pool == "token" else None))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, P + N, D)."""

@@ -85,8 +85,8 @@ def explain_vit(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None 
     was_training = model.training
     model.eval()
     try:
-        with capture_attention(vit):
-            logits = model(x)
+        with capture_attention(vit):  # the full path: every token queries in every block
+            logits = model.forward_head(model.forward_features(x))
             attns = [blk.attn.last_attn for blk in vit.blocks]  # L x (B, heads, N, N)
     finally:
         model.train(was_training)
