@@ -1,18 +1,16 @@
 """The result benchmarks (benchmarks/*.py) run end to end in --quick mode and write well-formed tables.
 
-Fashion-MNIST is replaced by small fake gz IDX files, so the tests need no data set installed.
-They check that each script runs and reports, not the accuracy.
+Fashion-MNIST is replaced by small generated gz IDX files (the ``fake_fmnist`` fixture in conftest.py),
+so the tests need no data set installed. They check that each script runs and reports, not the accuracy.
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -25,28 +23,6 @@ def load(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = {3: 0x803, 1: 0x801}[array.ndim]
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def fake_fmnist(tmp_path_factory) -> str:
-    """Fashion-MNIST-shaped IDX files: 300 train / 150 test images, labels 0..9 (label-dependent blobs)."""
-    root = tmp_path_factory.mktemp("fmnist")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 150)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, size=(n, 28, 28))
-        for i, y in enumerate(labels):
-            images[i, 2 * y:2 * y + 8, 4:24] = 200  # a class-dependent band (and silhouette for seg-canvas)
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return str(root)
 
 
 def table_shapes(text: str) -> list[tuple[int, int]]:

@@ -134,10 +134,10 @@ def test_vt_family_trains(tmp_path):
     assert json.loads((out / "model" / "config.json").read_text())["family"] != "vit"
 
 
-def test_segmentation_run(tmp_path, capsys):
+def test_segmentation_run(tmp_path, fake_fmnist, capsys):
     out = tmp_path / "seg"
-    rc = main(["train", "--model", "fpn_test", "--data", "seg-canvas", "--epochs", "1", "--set",
-               "data.canvas_size=32", "data.canvas_train_size=32", "data.canvas_val_size=8", "batch_size=8",
+    rc = main(["train", "--model", "fpn_test", "--data", "seg-canvas", "--data-dir", fake_fmnist, "--epochs", "1",
+               "--set", "data.canvas_size=32", "data.canvas_train_size=32", "data.canvas_val_size=8", "batch_size=8",
                "tensorboard=false", "progress=false", "threads=1", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,8 @@
-"""Data sets, transforms and image loading (vitkit.data). Small limits keep every test fast."""
+"""Data sets, transforms and image loading (vitkit.data). Small limits keep every test fast.
+
+Fashion-MNIST and seg-canvas read small generated IDX files (``fake_fmnist`` in conftest.py), not the
+system copy, so these tests run on any machine.
+"""
 from __future__ import annotations
 
 import gzip
@@ -7,15 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_data import write_idx
 from PIL import Image
 
 from vitkit.config import apply_overrides
-from vitkit.data import DataConfig, build_data, list_image_files, load_image
-from vitkit.data.fashion_mnist import DEFAULT_DIR, read_idx
+from vitkit.data import DataConfig, build_data, fashion_mnist, list_image_files, load_image
+from vitkit.data.fashion_mnist import read_idx
 from vitkit.data.seg_canvas import compose_canvases
 from vitkit.errors import VitkitError
 
 CANVAS = dict(name="seg-canvas", canvas_size=40, canvas_train_size=24, canvas_val_size=8, canvas_items=2)
+
+
+@pytest.fixture
+def canvas(fake_fmnist) -> dict:
+    """seg-canvas DataConfig fields, reading the generated Fashion-MNIST files."""
+    return dict(CANVAS, data_dir=fake_fmnist)
 
 
 def _stack(ds, n=None):
@@ -89,25 +100,18 @@ def test_mixup_cutmix_soft_targets(mixup, cutmix):
     assert (soft >= 0).all() and (soft.max(1).values < 1).any()  # some targets really mixed
 
 
-def test_mixup_rejected_for_segmentation():
+def test_mixup_rejected_for_segmentation(canvas):
     with pytest.raises(VitkitError, match="classification only"):
-        build_data(DataConfig(mixup_alpha=0.2, **CANVAS))
+        build_data(DataConfig(mixup_alpha=0.2, **canvas))
 
 
 # ---------------------------------------------------------------- Fashion-MNIST IDX files
-def _write_idx(path: Path, array: np.ndarray, magic: int, compress=True) -> Path:
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
-
-
 def test_read_idx_roundtrip_and_corrupt_files(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
-    good = _write_idx(tmp_path / "good.gz", images, 0x803)
+    good = write_idx(tmp_path / "good.gz", images, 0x803)
     assert np.array_equal(read_idx(good, 3), images)
     with pytest.raises(VitkitError, match="bad magic"):
-        read_idx(_write_idx(tmp_path / "magic.gz", images, 0x801), 3)
+        read_idx(write_idx(tmp_path / "magic.gz", images, 0x801), 3)
     short = tmp_path / "short.gz"
     short.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())[:-100]))
     with pytest.raises(VitkitError, match="truncated"):
@@ -128,24 +132,27 @@ def test_fashion_mnist_missing_dir_says_how_to_get_it(tmp_path):
 def test_fashion_mnist_from_a_data_dir(tmp_path):
     rng = np.random.default_rng(1)
     for prefix, n in (("train", 12), ("t10k", 6)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)), 0x803)
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, size=(n,)), 0x801, compress=False)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)), 0x803)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, size=(n,)), 0x801, compress=False)
     b = build_data(DataConfig(name="fashion-mnist", data_dir=str(tmp_path), augment="none"))
     assert (len(b.train), len(b.val), b.img_size, b.in_chans) == (12, 6, 28, 1)
     assert b.train[0][0].shape == (1, 28, 28) and 0 <= b.val[5][1] < 10
 
 
-def test_fashion_mnist_system_copy():
+def test_fashion_mnist_default_dir(fake_fmnist, monkeypatch):
+    """Without data_dir the files come from DEFAULT_DIR (the Debian package's folder), loaded whole."""
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_DIR", fake_fmnist)
     b = build_data(DataConfig(name="fashion-mnist", limit_train=20, limit_val=10))
-    assert (len(b.train.dataset), len(b.val.dataset)) == (60000, 10000)
+    assert (len(b.train.dataset), len(b.val.dataset)) == (300, 150)  # the whole splits; limits subset them
+    assert (len(b.train), len(b.val)) == (20, 10)
     assert b.train.dataset.images.dtype == torch.uint8  # kept compact in memory
     assert b.class_names[0] == "T-shirt/top" and b.train[0][0].shape == (1, 28, 28)
-    assert Path(DEFAULT_DIR).is_dir()
+    assert fashion_mnist.resolve_dir(None) == Path(fake_fmnist)
 
 
 # ---------------------------------------------------------------- seg-canvas
-def test_seg_canvas_masks_match_images():
-    b = build_data(DataConfig(augment="none", **CANVAS))
+def test_seg_canvas_masks_match_images(canvas):
+    b = build_data(DataConfig(augment="none", **canvas))
     assert (b.task, b.num_classes, b.in_chans, b.img_size, len(b.train), len(b.val)) == ("segmentation", 11, 1, 40, 24, 8)
     background = (0 - b.mean[0]) / b.std[0]
     for ds in (b.train, b.val):
@@ -157,8 +164,8 @@ def test_seg_canvas_masks_match_images():
         assert (m > 0).float().mean() > 0.1  # items are really there
 
 
-def test_seg_canvas_augment_keeps_image_and_mask_aligned():
-    b = build_data(DataConfig(augment="basic", crop_padding=4, **CANVAS))
+def test_seg_canvas_augment_keeps_image_and_mask_aligned(canvas):
+    b = build_data(DataConfig(augment="basic", crop_padding=4, **canvas))
     background = (0 - b.mean[0]) / b.std[0]
     x, masks = _stack(b.train)
     m = torch.stack(masks)
@@ -167,9 +174,9 @@ def test_seg_canvas_augment_keeps_image_and_mask_aligned():
     assert torch.equal(is_bg, (m == 0) | (m == 255))
 
 
-def test_seg_canvas_is_deterministic_by_seed():
-    one, two = build_data(DataConfig(augment="none", **CANVAS)), build_data(DataConfig(augment="none", **CANVAS))
-    other = build_data(DataConfig(augment="none", seed=3, **CANVAS))
+def test_seg_canvas_is_deterministic_by_seed(canvas):
+    one, two = build_data(DataConfig(augment="none", **canvas)), build_data(DataConfig(augment="none", **canvas))
+    other = build_data(DataConfig(augment="none", seed=3, **canvas))
     torch.testing.assert_close(torch.stack(_stack(one.val)[1]), torch.stack(_stack(two.val)[1]))
     assert not torch.equal(one.train.masks, other.train.masks)
     assert not torch.equal(one.train.images[:8], one.val.images)  # train and val differ
@@ -179,11 +186,11 @@ def test_seg_canvas_is_deterministic_by_seed():
     assert np.array_equal(big[0][:5], small[0]) and np.array_equal(big[1][:5], small[1])
 
 
-def test_seg_canvas_errors():
+def test_seg_canvas_errors(canvas):
     with pytest.raises(VitkitError, match="canvas_size"):
-        build_data(DataConfig(**{**CANVAS, "canvas_size": 20}))
+        build_data(DataConfig(**{**canvas, "canvas_size": 20}))
     with pytest.raises(VitkitError, match="randaugment"):
-        build_data(DataConfig(augment="randaugment", **CANVAS))
+        build_data(DataConfig(augment="randaugment", **canvas))
 
 
 # ---------------------------------------------------------------- folders
