@@ -36,8 +36,8 @@ def _sets(args) -> dict:
 
 
 def run_variant(name: str, vt: dict, args, out: Path) -> dict:
-    from vitkit.tools.flops import count_flops
     from vitkit.registry import create_model
+    from vitkit.tools.flops import count_flops
 
     slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
     per_seed, cfg = [], None

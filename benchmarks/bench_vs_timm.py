@@ -11,7 +11,6 @@ checkpointing. Every row of a group runs interleaved in rounds, so machine load 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -20,8 +19,15 @@ import platform
 import torch
 
 from vitkit.models.hub import load_model
-from vitkit.tools.bench import (DTYPES, BenchConfig, input_batch, interleaved_times, make_runner, matmul_peak,
-                                timm_equivalent)
+from vitkit.tools.bench import (
+    DTYPES,
+    BenchConfig,
+    input_batch,
+    interleaved_times,
+    make_runner,
+    matmul_peak,
+    timm_equivalent,
+)
 
 MODELS = ("vit_small_patch16_224", "vit_small_patch4_32")
 
@@ -43,7 +49,7 @@ def run_group(name: str, rows: list[tuple[str, str, BenchConfig]], peaks: dict) 
     times = interleaved_times([step for _, _, step, _ in runners], first.rounds, first.iters, first.warmup,
                               remeasure_peaks)
     out = []
-    for (label, cfg, _, finish), t in zip(runners, times):
+    for (label, cfg, _, finish), t in zip(runners, times, strict=True):
         r = finish(t)._asdict()
         r["peak_fraction"] = r["achieved_flops"] / peaks[cfg.dtype]  # vs the best peak seen so far
         out.append(dict(r, model=name, label=label, mode="train" if cfg.train else "infer", dtype=cfg.dtype,

@@ -31,7 +31,8 @@ def base_parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch budget")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra run-config overrides (as vitkit train)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra run-config overrides (as vitkit train)")
     p.add_argument("--out", default=out, help="folder for the table (.md), raw numbers (.json) and run dirs")
     return p
 
@@ -66,7 +67,7 @@ class LoadMonitor:
         while not self._stop.wait(self.every):
             self.samples.append(os.getloadavg()[0])
 
-    def __enter__(self) -> "LoadMonitor":
+    def __enter__(self) -> LoadMonitor:
         self._thread.start()
         return self
 
@@ -116,7 +117,7 @@ def run_training(cfg: RunConfig) -> dict:
     wall = time.time() - t0
     history = _read_log(run_dir / "log.csv")
     stamps = epoch_wall_times(run_dir) if cfg.tensorboard else []
-    for row, stamp in zip(history, stamps):
+    for row, stamp in zip(history, stamps, strict=False):
         row["wall_s"] = stamp - t0
     img_s = [r["img_per_s"] for r in history]
     return {"metrics": {k: v for k, v in metrics.items() if k not in ("confusion", "per_class_iou_raw")},
@@ -207,7 +208,7 @@ def train_speed(models: dict, batch: int, img_size: int, in_chans: int, rounds: 
         model.train()
         state[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), [])
     for r in range(rounds + 1):  # round 0 warms up
-        for name, (model, opt, times) in state.items():
+        for model, opt, times in state.values():
             t = time.perf_counter()
             for _ in range(steps):
                 out = model(x)

@@ -48,7 +48,8 @@ def run_one(recipe: str, args, out: Path) -> dict:
     return {"recipe": recipe, "model": cfg.model, "epochs": cfg.epochs, "threads": cfg.threads,
             "train_canvases": cfg.data.limit_train or cfg.data.canvas_train_size,
             "val_canvases": cfg.data.limit_val or cfg.data.canvas_val_size, **model_cost(cfg),
-            "miou": [r["metrics"]["miou"] for r in per_seed], "pixel_acc": [r["metrics"]["pixel_acc"] for r in per_seed],
+            "miou": [r["metrics"]["miou"] for r in per_seed],
+            "pixel_acc": [r["metrics"]["pixel_acc"] for r in per_seed],
             "train_img_per_s": [r["train_img_per_s"] for r in per_seed], "wall_s": [r["wall_s"] for r in per_seed],
             "load_mean": [r["load_mean"] for r in per_seed], "command": common.command_line(), "date": common.today()}
 
@@ -64,8 +65,9 @@ def tables(rows: list[dict]) -> str:
     d_miou = 100 * (common.mean_std(vt["miou"])[0] - common.mean_std(fpn["miou"])[0])
     ratio = fpn["neck_macs"] / max(vt["neck_macs"], 1)
     holds = d_miou >= 0 and ratio > 1
-    claim = common.md_table(["VT-FPN - FPN mIoU (pp)", "FPN / VT-FPN neck MACs", "equal or better mIoU at fewer neck FLOPs"],
-                            [[f"{d_miou:+.2f}", f"{ratio:.1f}x", "yes" if holds else "no"]])
+    claim = common.md_table(
+        ["VT-FPN - FPN mIoU (pp)", "FPN / VT-FPN neck MACs", "equal or better mIoU at fewer neck FLOPs"],
+        [[f"{d_miou:+.2f}", f"{ratio:.1f}x", "yes" if holds else "no"]])
     return common.md_table(headers, body) + "\n\n" + claim
 
 

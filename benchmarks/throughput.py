@@ -25,7 +25,8 @@ CONFIGS = [  # label, model, overrides, threads, precision
     ("vit_tiny_convstem_28 (fmnist_vit_fast)", "vit_tiny_convstem_28", {}, 1, "fp32"),
     ("vit_tiny_convstem_28 (fmnist_vit_fast)", "vit_tiny_convstem_28", {}, 1, "bf16"),
     ("vit_tiny_patch7_28 (patch 7, 16 tokens)", "vit_tiny_patch7_28", {}, 2, "fp32"),
-    ("patch 4, 128 wide, 4 deep (49 tokens)", "vit_mini_patch4_28", dict(_VIT, embed_dim=128, depth=4, num_heads=4), 2, "fp32"),
+    ("patch 4, 128 wide, 4 deep (49 tokens)", "vit_mini_patch4_28", dict(_VIT, embed_dim=128, depth=4, num_heads=4), 2,
+     "fp32"),
     ("conv stem (32, 64) to 49 tokens, 128 wide, 4 deep", "vit_mini_patch4_28",
      dict(_VIT, embed_dim=128, depth=4, num_heads=4, conv_stem=(32, 64)), 2, "fp32"),
     ("vit_mini_convstem_28 (fmnist_vit_long)", "vit_mini_convstem_28", {}, 1, "fp32"),
@@ -58,7 +59,7 @@ def measure(configs, img_size: int, batch: int, rounds: int, steps: int) -> list
         model = create_model(name, **ov, img_size=img_size, in_chans=1, num_classes=10).train()
         built.append((label, name, threads, precision, model, torch.optim.AdamW(model.parameters(), lr=1e-4), []))
     for r in range(rounds + 1):
-        for label, name, threads, precision, model, opt, speeds in built:
+        for _, _, threads, precision, model, opt, speeds in built:
             torch.set_num_threads(threads)
             speed = _steps(model, opt, x, y, precision, steps)
             if r:

@@ -23,9 +23,9 @@ QUICK_MODELS = {"resnet18_28": "resnet_test_small", "vt_resnet18_28": "vt_resnet
 
 def model_cost(cfg) -> dict:
     """Parameters and multiply-adds per image of the exact model trained (classes, size from the data)."""
-    from vitkit.tools.flops import count_flops
-    from vitkit.engine.trainer import build_model, resolve_data_config
     from vitkit.data import build_data
+    from vitkit.engine.trainer import build_model, resolve_data_config
+    from vitkit.tools.flops import count_flops
 
     cfg = resolve_data_config(cfg)
     model = build_model(cfg, build_data(cfg.data))

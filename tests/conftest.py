@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from fake_data import write_fashion_mnist
 
 

@@ -24,7 +24,7 @@ def _randomize(model: torch.nn.Module) -> torch.nn.Module:
     swapped or dropped tensor shows up in the outputs."""
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):

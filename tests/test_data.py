@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_data import write_idx
 from PIL import Image
 
+from fake_data import write_idx
 from vitkit.config import apply_overrides
 from vitkit.data import DataConfig, build_data, fashion_mnist, list_image_files, load_image
 from vitkit.data.fashion_mnist import read_idx
@@ -79,7 +79,8 @@ def test_augmentation_is_random_but_seeded():
 
 
 def test_randaugment_and_config_overrides():
-    cfg = apply_overrides(DataConfig(), {"augment": "randaugment", "img_size": "12", "limit_train": "5", "hflip": "false"})
+    cfg = apply_overrides(DataConfig(),
+                          {"augment": "randaugment", "img_size": "12", "limit_train": "5", "hflip": "false"})
     assert (cfg.img_size, cfg.limit_train, cfg.hflip) == (12, 5, False)
     b = build_data(cfg)
     assert b.train[0][0].shape == (1, 12, 12) and torch.isfinite(b.train[0][0]).all()
@@ -153,7 +154,8 @@ def test_fashion_mnist_default_dir(fake_fmnist, monkeypatch):
 # ---------------------------------------------------------------- seg-canvas
 def test_seg_canvas_masks_match_images(canvas):
     b = build_data(DataConfig(augment="none", **canvas))
-    assert (b.task, b.num_classes, b.in_chans, b.img_size, len(b.train), len(b.val)) == ("segmentation", 11, 1, 40, 24, 8)
+    got = (b.task, b.num_classes, b.in_chans, b.img_size, len(b.train), len(b.val))
+    assert got == ("segmentation", 11, 1, 40, 24, 8)
     background = (0 - b.mean[0]) / b.std[0]
     for ds in (b.train, b.val):
         x, masks = _stack(ds)
@@ -205,7 +207,8 @@ def test_imagefolder_single_folder_split(tmp_path):
         for i in range(4):
             _image(tmp_path / name / f"{i}.png", 40 * c + 10 * i, mode="L" if i == 3 else "RGB")
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
-    b = build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, img_size=8, augment="none"))
+    b = build_data(DataConfig(name="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, img_size=8,
+                              augment="none"))
     assert (b.class_names, b.in_chans, b.num_classes, len(b.train), len(b.val)) == (["cat", "dog"], 3, 2, 6, 2)
     x, y = _stack(b.val)
     assert x.shape == (2, 3, 8, 8) and sorted(y) == [0, 1]
@@ -316,8 +319,8 @@ def test_batched_crop_flip_is_a_per_image_crop_of_the_padded_image():
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     seen = set()
     for i in range(len(images)):
-        crops = {(t, l, f): padded[i, :, t:t + 6, l:l + 7].flip(-1) if f else padded[i, :, t:t + 6, l:l + 7]
-                 for t in range(3) for l in range(3) for f in (0, 1)}
+        windows = {(t, left): padded[i, :, t:t + 6, left:left + 7] for t in range(3) for left in range(3)}
+        crops = {(t, left, f): w.flip(-1) if f else w for (t, left), w in windows.items() for f in (0, 1)}
         match = [k for k, c in crops.items() if torch.equal(c, out[i])]
         assert match, f"image {i} is not a crop/flip of its padded input"
         seen.add(match[0])

@@ -47,7 +47,8 @@ def _image(tmp_path, size=20, mode="RGB"):
     return path
 
 
-@pytest.mark.parametrize("name", ["vit_test", "vit_test_avg", "deit_test_distilled", "vit_hybrid_test", "vit_convstem_test"])
+@pytest.mark.parametrize("name",
+                         ["vit_test", "vit_test_avg", "deit_test_distilled", "vit_hybrid_test", "vit_convstem_test"])
 def test_vit_maps_shapes_and_capture_keeps_outputs(name):
     torch.manual_seed(0)
     model = vitkit.create_model(name).eval()
@@ -137,7 +138,7 @@ def test_vt_tokenizer_and_projector_maps(tmp_path, name):
     exp = explain_vt(model, x)
     torch.testing.assert_close(exp.logits, fused)
     assert len(exp.names) >= 1 and len(exp.tokenizer) == len(exp.names)
-    for tok, proj in zip(exp.tokenizer, exp.projector):
+    for tok, proj in zip(exp.tokenizer, exp.projector, strict=True):
         b, n_tokens, gh, gw = tok.shape
         assert b == 2 and gh * gw >= 1
         torch.testing.assert_close(tok.sum((-2, -1)), torch.ones(2, n_tokens))  # softmax over HW

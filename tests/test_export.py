@@ -11,7 +11,6 @@ from vitkit.registry import get_entry
 from vitkit.tools.export import export_model, run_onnx
 
 
-
 def _one_per_kind(names):
     """One tiny preset per family and model kind (the name before '_test': vit, deit, vt_fpn, ...)."""
     kinds = {}

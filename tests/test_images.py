@@ -13,8 +13,16 @@ from PIL import Image
 
 from vitkit.cli import main
 from vitkit.data import DataConfig, build_data
-from vitkit.data.images import (DEFAULT_MAX_PIXELS, check_image, list_image_files, load_image, max_image_pixels,
-                                open_image, read_image, set_max_image_pixels)
+from vitkit.data.images import (
+    DEFAULT_MAX_PIXELS,
+    check_image,
+    list_image_files,
+    load_image,
+    max_image_pixels,
+    open_image,
+    read_image,
+    set_max_image_pixels,
+)
 from vitkit.errors import VitkitError
 
 
@@ -44,7 +52,8 @@ def test_bomb_refused_from_the_header(tmp_path):
     bomb.write_bytes(png_header_only(50000, 50000))
     assert bomb.stat().st_size < 100
     assert max_image_pixels() == DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS
-    with pytest.raises(VitkitError, match=r"bomb.png: declares (50000x50000 = )?2,500,000,000 pixels, above the limit of 100,000,000"):
+    too_big = r"bomb.png: declares (50000x50000 = )?2,500,000,000 pixels, above the limit of 100,000,000"
+    with pytest.raises(VitkitError, match=too_big):
         open_image(bomb, "RGB")
     with pytest.raises(VitkitError, match="above the limit"):
         check_image(bomb)
@@ -135,8 +144,9 @@ def test_predict_reports_bad_files_and_predicts_the_rest(tmp_path, capsys):
     from vitkit.registry import create_model
 
     model = create_model("vit_test", img_size=8, patch_size=2, num_classes=3, in_chans=1)
-    save_pretrained(model, tmp_path / "m", extra={"class_names": ["a", "b", "c"], "task": "classification",
-                                                  "preprocess": {"img_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5]}})
+    preprocess = {"img_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5]}
+    save_pretrained(model, tmp_path / "m",
+                    extra={"class_names": ["a", "b", "c"], "task": "classification", "preprocess": preprocess})
     imgs = tmp_path / "imgs"
     _save(imgs / "good1.png", "L", (8, 8), 10)
     (imgs / "bomb.png").write_bytes(png_header_only(50000, 50000))

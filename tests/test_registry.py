@@ -119,7 +119,7 @@ def test_forward_intermediates(name):
     maps = model.forward_intermediates(x, list(range(n)))
     assert len(maps) == n
     h, w = to_2tuple(model.config.img_size)
-    for fmap, info in zip(maps, model.feature_info):
+    for fmap, info in zip(maps, model.feature_info, strict=True):
         assert fmap.ndim == 4 and fmap.shape[0] == 2
         assert fmap.shape[1] == info.channels
         assert fmap.shape[2] == -(-h // info.reduction) and fmap.shape[3] == -(-w // info.reduction)

@@ -8,8 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from vitkit.errors import VitkitError
-from vitkit.layers.vt import (FilterTokenizer, PoolingTokenizer, Projector, RecurrentTokenizer, TokenPositionEncoding,
-                              TokenTransformer, VTConfig, VTModule, vt_stack)
+from vitkit.layers.vt import (
+    FilterTokenizer,
+    PoolingTokenizer,
+    Projector,
+    RecurrentTokenizer,
+    TokenPositionEncoding,
+    TokenTransformer,
+    VTConfig,
+    VTModule,
+    vt_stack,
+)
 
 B, H, W, C, L = 2, 5, 6, 12, 4
 
@@ -121,8 +130,8 @@ def test_token_transformer_seed_form(num_heads):
     out = tr(t)
     for b in range(B):
         k, q, v = t[b] @ w(tr.k), t[b] @ w(tr.q), t[b] @ w(tr.v)
-        mixed = torch.cat([softmax(kh @ qh.T, axis=1) @ vh
-                           for kh, qh, vh in zip(_heads(k, num_heads), _heads(q, num_heads), _heads(v, num_heads))], 1)
+        heads = zip(_heads(k, num_heads), _heads(q, num_heads), _heads(v, num_heads), strict=True)
+        mixed = torch.cat([softmax(kh @ qh.T, axis=1) @ vh for kh, qh, vh in heads], 1)
         torch.testing.assert_close(out[b], t[b] + mixed @ w(tr.f))  # T_in + softmax((TK)(TQ)^T)(TV)F
 
 
@@ -135,7 +144,7 @@ def test_token_transformer_iccv_form(num_heads):
     for b in range(B):
         k, q = t[b] @ w(tr.k), t[b] @ w(tr.q)
         mixed = torch.cat([softmax(kh @ qh.T, axis=1) @ th for kh, qh, th in
-                           zip(_heads(k, num_heads), _heads(q, num_heads), _heads(t[b], num_heads))], 1)
+                           zip(_heads(k, num_heads), _heads(q, num_heads), _heads(t[b], num_heads), strict=True)], 1)
         t1 = t[b] + mixed  # T'_out
         torch.testing.assert_close(out[b], t1 + torch.relu(t1 @ w(tr.f1)) @ w(tr.f2))
 

@@ -21,7 +21,8 @@ def _load(name: str):
 def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
     from vitkit import __version__
 
-    parser = argparse.ArgumentParser(prog="vitkit", description="Vision Transformers: train, evaluate, explain, export, benchmark.")
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description="Vision Transformers: train, evaluate, explain, export, benchmark.")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in commands:

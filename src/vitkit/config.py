@@ -11,7 +11,8 @@ import difflib
 import json
 import types
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from vitkit.errors import VitkitError
 

@@ -6,7 +6,8 @@ to do. It subclasses ``ValueError`` so plain ``except ValueError`` code keeps wo
 """
 from __future__ import annotations
 
-_WORKER_PREFIX = "Caught "  # torch's ExceptionWrapper: "Caught X in DataLoader worker process N.\nOriginal Traceback..."
+# torch's ExceptionWrapper: "Caught X in DataLoader worker process N.\nOriginal Traceback..."
+_WORKER_PREFIX = "Caught "
 
 
 def _original_message(message: str, class_name: str) -> str:

@@ -7,9 +7,10 @@ loads weights saved with ``save_pretrained``.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vitkit.config import apply_overrides, close_matches
 from vitkit.errors import VitkitError

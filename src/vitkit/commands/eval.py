@@ -56,11 +56,13 @@ def run(args) -> int:
     bundle = build_data(data_config(args, model))
     if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
         raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "
-                          f"{bundle.num_classes} / {bundle.in_chans} in the data; evaluate on the data it was trained on")
+                          f"{bundle.num_classes} / {bundle.in_chans} in the data; "
+                          "evaluate on the data it was trained on")
     split = bundle.val if args.split == "val" else bundle.train
     metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, list(bundle.class_names)))
-    out = Path(args.out) if args.out else (model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots")
+    default_out = model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots"
+    out = Path(args.out) if args.out else default_out
     plot_confusion(metrics["confusion"], list(bundle.class_names), out / f"confusion_{args.split}.png")
     print(f"confusion matrix plot: {out / f'confusion_{args.split}.png'}")
     return 0

@@ -13,14 +13,14 @@ before the head); evaluation outputs are identical.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.models.hub import check_state_dict
-from vitkit.models.vit import ViTConfig, VisionTransformer
+from vitkit.models.vit import VisionTransformer, ViTConfig
 
 _SUPPORTED = ("ViTModel", "ViTForImageClassification")
 

@@ -10,7 +10,8 @@ handled here: a hybrid's CNN trunk children are renamed to torchvision's names
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from vitkit.layers import to_2tuple
 from vitkit.layers.patch_embed import HYBRID_BACKBONES
 from vitkit.layers.resnet import LAYOUTS
 from vitkit.models.hub import check_state_dict
-from vitkit.models.vit import ViTConfig, VisionTransformer
+from vitkit.models.vit import VisionTransformer, ViTConfig
 
 # Key fragments that only occur in timm features vitkit does not implement.
 _UNSUPPORTED_KEYS = {

@@ -20,7 +20,8 @@ _BUILDERS = {
 def build_data(cfg: DataConfig) -> DataBundle:
     """Load the data set named by ``cfg.name`` with its train/val transforms."""
     if cfg.name not in _BUILDERS:
-        raise VitkitError(f"unknown data set '{cfg.name}'{close_matches(cfg.name, DATASETS)}; choose one of {', '.join(DATASETS)}")
+        raise VitkitError(
+            f"unknown data set '{cfg.name}'{close_matches(cfg.name, DATASETS)}; choose one of {', '.join(DATASETS)}")
     if cfg.img_size is not None and cfg.img_size < 1:
         raise VitkitError(f"img_size must be a positive number of pixels or None (native size), got {cfg.img_size}")
     check_augment(cfg)

@@ -1,8 +1,8 @@
 """The data configuration (one typed dataclass) and what :func:`build_data` returns."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -1,7 +1,8 @@
 """In-memory datasets (uint8 or 0..1 float tensors) and seeded subsets/splits."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset, default_collate

@@ -51,7 +51,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if len(data) != expected:
-        raise VitkitError(f"{path}: truncated or padded IDX file ({len(data)} bytes, expected {expected}); download it again")
+        raise VitkitError(
+            f"{path}: truncated or padded IDX file ({len(data)} bytes, expected {expected}); download it again")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -74,7 +75,8 @@ def _load_split_cached(images_path: Path, labels_path: Path, stamp: tuple) -> tu
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if len(images) != len(labels):
-        raise VitkitError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; re-download both")
+        raise VitkitError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; re-download both")
     if labels.size and labels.max() >= len(CLASS_NAMES):
         raise VitkitError(f"{labels_path}: label {labels.max()} out of range 0..9; download it again")
     images_t = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28) uint8

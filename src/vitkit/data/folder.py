@@ -53,10 +53,12 @@ class SegFolderDataset(Dataset):
         image_path, mask_path = self.pairs[i]
         image, mask = read_image(image_path, self.in_chans), read_mask(mask_path)
         if image.shape[-2:] != mask.shape:
-            raise VitkitError(f"{mask_path}: mask is {tuple(mask.shape)} but {image_path.name} is {tuple(image.shape[-2:])}; they must match")
+            raise VitkitError(f"{mask_path}: mask is {tuple(mask.shape)} but {image_path.name} is "
+                              f"{tuple(image.shape[-2:])}; they must match")
         bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
         if bad.any():
-            raise VitkitError(f"{mask_path}: class {int(mask[bad].max())} >= num_classes {self.num_classes}; fix the mask or classes.txt")
+            raise VitkitError(f"{mask_path}: class {int(mask[bad].max())} >= num_classes {self.num_classes}; "
+                              "fix the mask or classes.txt")
         return self.transform(image, mask)
 
 
@@ -84,7 +86,8 @@ def scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[t
     if not found:
         raise VitkitError(f"{folder} has no class subfolders; use one folder per class (e.g. {folder}/cat/*.png)")
     if classes is not None and found != classes:
-        raise VitkitError(f"{folder} has classes {found} but the train folder has {classes}; use the same class folders")
+        raise VitkitError(
+            f"{folder} has classes {found} but the train folder has {classes}; use the same class folders")
     if len(found) < 2:
         raise VitkitError(f"{folder} has one class folder ({found[0]}); a classifier needs at least 2 classes "
                           "(one subfolder per class)")
@@ -125,7 +128,8 @@ def _stats(paths: list[Path], in_chans: int, img_size: int, seed: int):
 
 def _random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     if not 0.0 < val_fraction < 1.0 or n < 2:
-        raise VitkitError(f"cannot split {n} items with val_fraction={val_fraction}; use 0 < val_fraction < 1 and >= 2 items")
+        raise VitkitError(
+            f"cannot split {n} items with val_fraction={val_fraction}; use 0 < val_fraction < 1 and >= 2 items")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     return sorted(order[n_val:]), sorted(order[:n_val])

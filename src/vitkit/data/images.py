@@ -43,9 +43,11 @@ def _limit_from_env() -> int:
     try:
         value = int(text)
     except ValueError:
-        raise VitkitError(f"{MAX_PIXELS_ENV}={text!r} is not a whole number of pixels; unset it or use e.g. 100000000") from None
+        raise VitkitError(
+            f"{MAX_PIXELS_ENV}={text!r} is not a whole number of pixels; unset it or use e.g. 100000000") from None
     if value < 1:
-        raise VitkitError(f"{MAX_PIXELS_ENV}={value} must be >= 1 (pixels); unset it for the default {DEFAULT_MAX_PIXELS}")
+        raise VitkitError(
+            f"{MAX_PIXELS_ENV}={value} must be >= 1 (pixels); unset it for the default {DEFAULT_MAX_PIXELS}")
     return value
 
 
@@ -108,13 +110,16 @@ def _open_lazy(src, label: str, limit: int) -> Image.Image:
     except Image.DecompressionBombError as exc:  # PIL's own check (above twice its limit) came first
         raise _too_large(label, None, limit, str(exc)) from None
     except UnidentifiedImageError:
-        raise VitkitError(f"{label}: not an image file PIL can read (png, jpg, bmp, ...); remove it or convert it") from None
+        raise VitkitError(
+            f"{label}: not an image file PIL can read (png, jpg, bmp, ...); remove it or convert it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise VitkitError(f"{label}: unreadable image header ({_short(exc)}); re-save or remove it") from None
     w, h = img.size
     if w < 1 or h < 1 or w * h > limit:
         img.close()
-        raise _too_large(label, img.size, limit) if w * h > limit else VitkitError(f"{label}: declares an empty size {w}x{h}")
+        if w * h > limit:
+            raise _too_large(label, img.size, limit)
+        raise VitkitError(f"{label}: declares an empty size {w}x{h}")
     return img
 
 
@@ -201,7 +206,8 @@ def is_grayscale_mode(mode: str) -> bool:
 def read_image(path, in_chans: int, size_hint: int | None = None) -> torch.Tensor:
     """An image file -> uint8 tensor (C, H, W) with C = ``in_chans`` (1 or 3)."""
     if in_chans not in _MODES:
-        raise VitkitError(f"{_label(path)}: the model expects {in_chans} channels, but images can be read as 1 (grayscale) or 3 (RGB) only")
+        raise VitkitError(f"{_label(path)}: the model expects {in_chans} channels, "
+                          "but images can be read as 1 (grayscale) or 3 (RGB) only")
     arr = np.asarray(open_image(path, _MODES[in_chans], size_hint=size_hint), dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (C, H, W)
@@ -211,7 +217,8 @@ def read_mask(path) -> torch.Tensor:
     """A class-index PNG mask -> LongTensor (H, W); palette/grayscale values are class ids."""
     img = open_image(Path(path))
     if img.mode not in ("L", "P", "I", "I;16", "1"):
-        raise VitkitError(f"{path}: a mask must be a single-channel PNG of class indices (mode L or P), got mode {img.mode}")
+        raise VitkitError(
+            f"{path}: a mask must be a single-channel PNG of class indices (mode L or P), got mode {img.mode}")
     return torch.from_numpy(np.asarray(img).astype(np.int64))
 
 
@@ -222,7 +229,8 @@ def load_image(path, in_chans: int, img_size: int, mean, std) -> torch.Tensor:
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     if mean_t.numel() not in (1, in_chans) or std_t.numel() not in (1, in_chans):
-        raise VitkitError(f"mean/std have {mean_t.numel()}/{std_t.numel()} values but the model expects {in_chans} channels")
+        raise VitkitError(
+            f"mean/std have {mean_t.numel()}/{std_t.numel()} values but the model expects {in_chans} channels")
     if not (torch.isfinite(std_t).all() and (std_t > 0).all() and torch.isfinite(mean_t).all()):
         raise VitkitError(f"preprocessing std must be finite and > 0 and mean finite, got mean={mean}, std={std}; "
                           "fix 'preprocess' in the model's config.json")

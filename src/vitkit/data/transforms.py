@@ -53,7 +53,7 @@ def _crop_flip(tensors: list[torch.Tensor], fills: list[int], pad: int, hflip: b
     h, w = tensors[0].shape[-2:]
     top, left = int(r[0] * (2 * pad + 1)), int(r[1] * (2 * pad + 1))
     out = []
-    for t, fill in zip(tensors, fills):
+    for t, fill in zip(tensors, fills, strict=True):
         if pad > 0:
             t = F.pad(t, (pad, pad, pad, pad), value=fill)[..., top : top + h, left : left + w]
         if hflip and r[2] < 0.5:
@@ -89,7 +89,8 @@ class ClassificationTransform:
         self.size = [img_size, img_size]
         self.augment = cfg.augment if train else "none"
         self.pad, self.hflip = cfg.crop_padding, cfg.hflip
-        self.randaugment = v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude) if self.augment == "randaugment" else None
+        self.randaugment = (v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude)
+                            if self.augment == "randaugment" else None)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 

@@ -87,7 +87,8 @@ def load_checkpoint(run_dir, model, ema=None) -> dict:
     ema_weights = None
     if ema is not None:
         if "ema.safetensors" not in files:
-            raise VitkitError(f"checkpoint {target} has no EMA weights but ema.enabled is on; resume with the run's config")
+            raise VitkitError(
+                f"checkpoint {target} has no EMA weights but ema.enabled is on; resume with the run's config")
         ema_weights = load_state_dict(target / "ema.safetensors")
         check_state_dict(ema.module, ema_weights, str(target))
     try:

@@ -8,8 +8,7 @@ from torch.utils.data import DataLoader
 
 from vitkit.data.datasets import collate
 from vitkit.engine.losses import split_outputs
-from vitkit.engine.metrics import (classification_summary, segmentation_summary, topk_correct,
-                                   update_confusion)
+from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_correct, update_confusion
 
 
 def autocast(precision: str):
@@ -45,7 +44,8 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
         logits = logits.float()
         if task == "segmentation":
             logits = dense_logits(logits, target.shape[-2:])
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index)) * len(images)
+            loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index)
+            loss_sum += float(loss) * len(images)
             update_confusion(conf, logits.argmax(dim=1), target, ignore_index)
         else:
             loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
@@ -68,7 +68,8 @@ def format_report(metrics: dict, class_names: list[str]) -> str:
     """A plain-text report: headline metrics, per-class numbers, the confusion matrix."""
     lines = []
     if "miou" in metrics:
-        lines.append(f"pixel accuracy {metrics['pixel_acc']:.4f}   mIoU {metrics['miou']:.4f}   loss {metrics['loss']:.4f}")
+        lines.append(
+            f"pixel accuracy {metrics['pixel_acc']:.4f}   mIoU {metrics['miou']:.4f}   loss {metrics['loss']:.4f}")
         per, label = metrics["per_class_iou"], "IoU"
     else:
         lines.append(f"top-1 {metrics['top1']:.4f}   top-5 {metrics['top5']:.4f}   loss {metrics['loss']:.4f}   "
@@ -76,10 +77,11 @@ def format_report(metrics: dict, class_names: list[str]) -> str:
         per, label = metrics["per_class_acc"], "accuracy"
     width = max(len(c) for c in class_names) if class_names else 5
     lines.append(f"per-class {label}:")
-    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in zip(class_names, per)]
+    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in zip(class_names, per, strict=True)]
     lines.append("confusion matrix (rows = truth, columns = prediction):")
     conf = metrics["confusion"]
     cell = max(5, len(str(max(max(r) for r in conf))) + 1)
     lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(conf))))
-    lines += [f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for name, row in zip(class_names, conf)]
+    lines += [f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row)
+              for name, row in zip(class_names, conf, strict=True)]
     return "\n".join(lines)

@@ -27,7 +27,7 @@ class StopFlag:
     requested: bool = False
     _previous: object = None
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         def handler(signum, frame):
             if self.requested:  # second Ctrl-C: stop now
                 raise KeyboardInterrupt

@@ -10,7 +10,7 @@ tau^2 * KL(softmax(teacher / tau) || softmax(dist_logits / tau)) (soft).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

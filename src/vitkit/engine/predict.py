@@ -72,7 +72,7 @@ def predict_files(model, meta: dict, files: list[Path], top_k: int = 5,
             continue
         probs = class_probs(model, torch.stack([x for _, x in loaded]), task)  # (B, K)
         top = probs.topk(min(top_k, len(names), probs.shape[-1]), dim=-1)
-        for (path, _), p, i in zip(loaded, top.values, top.indices):
+        for (path, _), p, i in zip(loaded, top.values, top.indices, strict=True):
             if not torch.isfinite(p).all():
                 failures.append(Failure(str(path), f"{path}: the model output is NaN or inf for this image; "
                                                    "check the model's weights and preprocess metadata"))
@@ -107,20 +107,21 @@ def format_predictions(results: list[Prediction], fmt: str) -> str:
     import json
 
     if fmt == "json":
-        return json.dumps([{"path": r.path, "top": [{"label": l, "prob": round(p, 6)} for l, p in zip(r.labels, r.probs)]}
+        return json.dumps([{"path": r.path, "top": [{"label": label, "prob": round(p, 6)}
+                                                    for label, p in zip(r.labels, r.probs, strict=True)]}
                            for r in results], indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "rank", "label", "prob"])
         for r in results:
-            for rank, (label, p) in enumerate(zip(r.labels, r.probs), 1):
+            for rank, (label, p) in enumerate(zip(r.labels, r.probs, strict=True), 1):
                 w.writerow([r.path, rank, label, f"{p:.6f}"])
         return buf.getvalue().rstrip("\n")
     paths = [printable(r.path) for r in results]
     width = max([len(p) for p in paths] + [4])
     lines = [f"{'path':<{width}}  top predictions (probability)"]
-    for r, path in zip(results, paths):
-        tops = "  ".join(f"{printable(label)} {p:.3f}" for label, p in zip(r.labels, r.probs))
+    for r, path in zip(results, paths, strict=True):
+        tops = "  ".join(f"{printable(label)} {p:.3f}" for label, p in zip(r.labels, r.probs, strict=True))
         lines.append(f"{path:<{width}}  {tops}")
     return "\n".join(lines)

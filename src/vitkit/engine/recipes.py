@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from vitkit.config import close_matches
 from vitkit.data import DataConfig
-from vitkit.engine.run_config import EMAConfig, OptimConfig, RunConfig, ScheduleConfig
+from vitkit.engine.run_config import OptimConfig, RunConfig, ScheduleConfig
 from vitkit.errors import VitkitError
 
 DEFAULT_RECIPE = "digits_vit"

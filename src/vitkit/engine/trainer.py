@@ -131,7 +131,8 @@ def load_teacher(cfg: RunConfig, bundle: DataBundle):
     teacher = load_model(cfg.distill.teacher).eval()
     if teacher.in_chans != bundle.in_chans or teacher.num_classes != bundle.num_classes:
         raise VitkitError(f"teacher {cfg.distill.teacher} expects {teacher.in_chans} channels / {teacher.num_classes} "
-                          f"classes but the data has {bundle.in_chans} / {bundle.num_classes}; train a matching teacher")
+                          f"classes but the data has {bundle.in_chans} / {bundle.num_classes}; "
+                          "train a matching teacher")
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

@@ -6,8 +6,17 @@ from vitkit.layers.mlp import Mlp
 from vitkit.layers.patch_embed import ConvStemEmbed, HybridEmbed, PatchEmbed
 from vitkit.layers.pos_embed import resample_pos_embed
 from vitkit.layers.resnet import ResNetTrunk
-from vitkit.layers.vt import (FilterTokenizer, PoolingTokenizer, Projector, RecurrentTokenizer, TokenPositionEncoding,
-                              TokenTransformer, VTConfig, VTModule, VTStack)
+from vitkit.layers.vt import (
+    FilterTokenizer,
+    PoolingTokenizer,
+    Projector,
+    RecurrentTokenizer,
+    TokenPositionEncoding,
+    TokenTransformer,
+    VTConfig,
+    VTModule,
+    VTStack,
+)
 
 __all__ = ["Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "HybridEmbed", "ConvStemEmbed",
            "ResNetTrunk", "resample_pos_embed", "to_2tuple",

@@ -80,7 +80,8 @@ class ConvStemEmbed(nn.Module):
         super().__init__()
         layers, c = [], in_chans
         for out in channels:
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True)]
             c = out
         layers.append(nn.Conv2d(c, embed_dim, kernel_size=1))
         self.stem = nn.Sequential(*layers)

@@ -11,8 +11,9 @@ Every config has ``img_size``, ``in_chans`` and ``num_classes``; the model keeps
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

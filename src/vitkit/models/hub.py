@@ -38,7 +38,8 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
-        raise VitkitError(f"weights file not found: {path}; pass a directory from save_pretrained or a .safetensors file")
+        raise VitkitError(
+            f"weights file not found: {path}; pass a directory from save_pretrained or a .safetensors file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -7,8 +7,9 @@ torchvision state dict of the same depth and width loads after prefixing ``trunk
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ class ResNet(VitkitModel):
         self.trunk = trunk_from(config)
         self.num_features = self.trunk.channels[-1]
         self.fc = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
-        self.feature_info = [FeatureInfo(c, r) for c, r in zip(self.trunk.channels, self.trunk.reductions)]
+        self.feature_info = [FeatureInfo(c, r) for c, r in zip(self.trunk.channels, self.trunk.reductions, strict=True)]
 
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.trunk.reductions[-1])

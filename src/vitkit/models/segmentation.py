@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from vitkit.errors import VitkitError
 from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
 from vitkit.models.base import FeatureInfo, VitkitModel
 from vitkit.models.resnet import LAYOUTS, trunk_from
-from vitkit.models.vit import ViTConfig, VisionTransformer
+from vitkit.models.vit import VisionTransformer, ViTConfig
 from vitkit.registry import register_family, register_presets
 
 
@@ -47,12 +48,12 @@ class FPNNeck(nn.Module):
     def top_down(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """C_2..C_5 -> P_2..P_5 before the per-level processing, each (B, D, H_i, W_i)."""
         outs = [self.lateral[-1](feats[-1])]
-        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
             outs.insert(0, lat(f) + F.interpolate(outs[0], size=f.shape[-2:], mode="nearest"))
         return outs
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [conv(p) for conv, p in zip(self.output, self.top_down(feats))]
+        return [conv(p) for conv, p in zip(self.output, self.top_down(feats), strict=True)]
 
 
 class VTFPNNeck(FPNNeck):
@@ -75,12 +76,12 @@ class VTFPNNeck(FPNNeck):
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         maps = self.top_down(feats)
         flat = [rearrange(p, "b c h w -> b (h w) c") for p in maps]  # each (B, H_i W_i, D)
-        tokens = torch.cat([vt.tokenize(x, p.shape[-2:]) for vt, x, p in zip(self.levels, flat, maps)], 1)
+        tokens = torch.cat([vt.tokenize(x, p.shape[-2:]) for vt, x, p in zip(self.levels, flat, maps, strict=True)], 1)
         if self.transformer is not None:
             tokens = self.transformer(tokens)  # (B, levels * L, C_T)
         per_level = tokens.split(self.num_tokens, dim=1)
         return [rearrange(vt.project(x, t), "b (h w) c -> b c h w", h=p.shape[-2], w=p.shape[-1])
-                for vt, x, t, p in zip(self.levels, flat, per_level, maps)]
+                for vt, x, t, p in zip(self.levels, flat, per_level, maps, strict=True)]
 
 
 class SemanticHead(nn.Module):
@@ -97,7 +98,7 @@ class SemanticHead(nn.Module):
         """P_2..P_5 -> summed map at the finest level (B, head_dim, H_2, W_2)."""
         sizes = [m.shape[-2:] for m in maps]
         total = 0
-        for i, (branch, y) in enumerate(zip(self.branches, maps)):
+        for i, (branch, y) in enumerate(zip(self.branches, maps, strict=True)):
             for k, block in enumerate(branch):
                 y = block(y)
                 if i - k - 1 >= 0:  # 2x upsampling towards the finest level
@@ -152,7 +153,7 @@ class SemanticFPN(_DenseModel):
         self.neck = FPNNeck(chans, c.fpn_dim) if c.neck == "fpn" else VTFPNNeck(chans, c.fpn_dim, c.vt)
         self.head = SemanticHead(c.fpn_dim, c.head_dim, len(reds), c.num_classes)
         self.num_features = c.head_dim
-        self.feature_info = [FeatureInfo(ch, r) for ch, r in zip(chans, reds)]
+        self.feature_info = [FeatureInfo(ch, r) for ch, r in zip(chans, reds, strict=True)]
 
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.backbone.reductions[-1])
@@ -247,7 +248,7 @@ def _presets() -> tuple[dict, dict, dict]:
 
 
 def _register() -> None:
-    for group, tags in zip(_presets(), (("seg",), ("seg", "small"), ("seg", "test"))):
+    for group, tags in zip(_presets(), (("seg",), ("seg", "small"), ("seg", "test")), strict=True):
         for name, cfg in group.items():
             register_presets(ViTSeg if isinstance(cfg, ViTSegConfig) else SemanticFPN, {name: cfg}, tags=tags)
 

@@ -10,8 +10,9 @@ projector: its map would feed nothing in classification (the head reads the toke
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -63,7 +64,8 @@ class VTResNet(VitkitModel):
         self.vt = vt_stack(channels, c.vt, n, last_projector=False)
         self.num_features = c.vt.token_channels or channels
         self.fc = nn.Linear(self.num_features, c.num_classes) if c.num_classes else nn.Identity()
-        self.feature_info = [FeatureInfo(ch, r) for ch, r in zip(self.trunk.channels, self.trunk.reductions)]
+        self.feature_info = [FeatureInfo(ch, r)
+                             for ch, r in zip(self.trunk.channels, self.trunk.reductions, strict=True)]
         self.feature_info.append(FeatureInfo(channels, self.trunk.reductions[-1]))  # the VT output map
 
     def _stages(self, x: torch.Tensor, upto: int = 3) -> list[torch.Tensor]:

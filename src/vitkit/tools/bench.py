@@ -25,8 +25,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ def interleaved_times(steps: list[Callable[[], object]], rounds: int, iters: int
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(rounds):
         before_round()
-        for step, acc in zip(steps, times):
+        for step, acc in zip(steps, times, strict=True):
             acc += time_steps(step, iters, 0)
     return times
 
@@ -281,7 +282,7 @@ def run_bench(cfg: BenchConfig, peak_flops: float | None = None) -> list[BenchRe
     runners = [make_runner(label, m, x, cfg, peak_flops) for label, m in models]
     times = interleaved_times([step for step, _ in runners], cfg.rounds, max(1, cfg.iters // cfg.rounds),
                               cfg.warmup)
-    return [finish(t) for (_, finish), t in zip(runners, times)]
+    return [finish(t) for (_, finish), t in zip(runners, times, strict=True)]
 
 
 # ---------------------------------------------------------------- data path

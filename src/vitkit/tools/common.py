@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vitkit.errors import VitkitError
 from vitkit.layers.helpers import to_2tuple
 
 

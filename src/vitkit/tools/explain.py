@@ -9,7 +9,8 @@ VT: see :mod:`vitkit.tools.explain_vt` (tokenizer and projector attention).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def capture_attention(model: nn.Module) -> Iterator[list[nn.Module]]:
             m.capture = True
         yield mods
     finally:
-        for m, flag in zip(mods, before):
+        for m, flag in zip(mods, before, strict=True):
             m.capture = flag
             m.last_attn = None
 

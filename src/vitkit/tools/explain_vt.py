@@ -73,7 +73,7 @@ def save_vt_explanation(exp: VTExplanation, image: torch.Tensor, out_dir, label:
     from vitkit.tools.overlay import save_overlay_grid
 
     paths = []
-    for name, tok, proj in zip(exp.names, exp.tokenizer, exp.projector):
+    for name, tok, proj in zip(exp.names, exp.tokenizer, exp.projector, strict=True):
         safe = name.replace(".", "_") or "vt"
         for kind, maps, what in (("tokenizer", tok, "spatial attention A of each visual token"),
                                  ("projector", proj, "pixels reading back from each token")):

@@ -7,8 +7,9 @@ batch axis stays dynamic. After writing, the file is loaded back and run on batc
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

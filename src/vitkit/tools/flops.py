@@ -8,8 +8,9 @@ VT) report multiply-adds under the name "FLOPs": compare their figures with ``ma
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn

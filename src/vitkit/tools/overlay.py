@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ def save_overlay_grid(image: torch.Tensor, maps: torch.Tensor, titles: Sequence[
     size = tuple(image.shape[-2:])
     _show_image(axes[0], image)
     axes[0].set_title("input", fontsize=8)
-    for ax, m, title in zip(axes[1:], maps, titles):
+    for ax, m, title in zip(axes[1:], maps, titles, strict=True):
         _show_image(ax, image)
         ax.imshow(upsample_map(m, size).numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)

@@ -8,7 +8,8 @@ layer matrix as 0.5 W + 0.5 I, which is the same after renormalising the rows.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
