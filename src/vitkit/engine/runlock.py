@@ -42,11 +42,12 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise VitkitError(f"cannot create the run lock {self.path} ({exc.strerror}); pick a writable --out") from None
+            raise VitkitError(
+                f"cannot create the run lock {self.path} ({exc.strerror}); pick a writable --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -72,7 +73,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self if self.held else self.acquire()
 
     def __exit__(self, *exc) -> None:
