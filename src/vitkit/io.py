@@ -11,6 +11,26 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from vitkit.errors import VitkitError
+
+
+def make_dir(path, flag: str = "--out") -> Path:
+    """Create directory ``path`` (and parents), or say in one line why it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise VitkitError(f"{flag} {path} is a file, not a directory; pick another {flag}") from None
+    except NotADirectoryError:
+        raise VitkitError(f"{flag} {path} lies under a file, not a directory; pick another {flag}") from None
+    except PermissionError:
+        raise VitkitError(f"{flag} {path}: permission denied (read-only place?); pick a writable {flag}") from None
+    except OSError as exc:
+        raise VitkitError(f"{flag} {path}: cannot create it ({exc.strerror}); pick another {flag}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise VitkitError(f"{flag} {path} is not writable; pick a writable {flag} or fix its permissions")
+    return path
+
 
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory, then rename."""

@@ -26,7 +26,9 @@ def data_config(args, model):
     from vitkit.engine.run_config import CONFIG_FILE, load_run_config
     from vitkit.errors import VitkitError
 
-    base = load_run_config(args.model).data if (Path(args.model) / CONFIG_FILE).is_file() else None
+    run_dir = Path(args.model)
+    is_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / "model" / CONFIG_FILE).is_file()
+    base = load_run_config(run_dir).data if is_run else None  # a save_pretrained dir has no data config
     if base is None and args.data is None:
         raise VitkitError(f"{args.model} is not a training run dir, so its data set is unknown; pass --data NAME")
     base = dataclasses.replace(base or DataConfig(), augment="none", mixup_alpha=0.0, cutmix_alpha=0.0)
@@ -41,14 +43,19 @@ def data_config(args, model):
 
 def run(args) -> int:
     import json
+    import math
+    import sys
     from pathlib import Path
 
     from vitkit.data import build_data
     from vitkit.engine.evaluate import eval_loader, evaluate, format_report
     from vitkit.engine.plots import plot_confusion
     from vitkit.errors import VitkitError
+    from vitkit.io import make_dir
     from vitkit.models.hub import load_model, resolve_model_dir
 
+    if args.batch_size < 1:
+        raise VitkitError(f"--batch-size must be >= 1, got {args.batch_size}")
     model_dir = resolve_model_dir(args.model)
     if model_dir is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
@@ -59,10 +66,15 @@ def run(args) -> int:
                           f"{bundle.num_classes} / {bundle.in_chans} in the data; "
                           "evaluate on the data it was trained on")
     split = bundle.val if args.split == "val" else bundle.train
-    metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
-    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, list(bundle.class_names)))
     default_out = model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots"
-    out = Path(args.out) if args.out else default_out
+    out = make_dir(Path(args.out) if args.out else default_out)
+    metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
+    if not math.isfinite(metrics["loss"]):
+        raise VitkitError(f"the model's outputs are NaN or inf on this data (loss {metrics['loss']}); "
+                          "check its weights and the preprocess values in its config.json")
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, list(bundle.class_names)))
     plot_confusion(metrics["confusion"], list(bundle.class_names), out / f"confusion_{args.split}.png")
-    print(f"confusion matrix plot: {out / f'confusion_{args.split}.png'}")
+    # with --json, stdout holds the JSON document only
+    plot_line = f"confusion matrix plot: {out / f'confusion_{args.split}.png'}"
+    print(plot_line, file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -8,7 +8,7 @@ def add_arguments(p) -> None:
     p.add_argument("model", help="registered model name, save_pretrained dir or `vitkit train` run dir")
     p.add_argument("--format", default="onnx", help="onnx (default) or torch-export")
     p.add_argument("--out", default=None, help="output file (default: <model name>.onnx / .pt2)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version, 17..25 (default: 18)")
     p.add_argument("--img-size", type=int, default=None, help="export for this image size (default: the model's)")
     p.add_argument("--images", nargs="+", default=None,
                    help="image files to check the export on (default: random batches of 1 and 3)")
@@ -31,10 +31,12 @@ def run(args) -> int:
 
     from vitkit.errors import VitkitError
     from vitkit.tools.common import load_with_metadata
-    from vitkit.tools.export import FORMATS, SUFFIX, export_model
+    from vitkit.tools.export import FORMATS, SUFFIX, check_opset, export_model
 
     if args.format not in FORMATS:
         raise VitkitError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    if args.format == "onnx":
+        check_opset(args.opset)  # before any work
     overrides = {"img_size": args.img_size} if args.img_size else {}
     model, pre, _ = load_with_metadata(args.model, **overrides)
     out = args.out or f"{Path(str(args.model).rstrip('/')).name}{SUFFIX[args.format]}"

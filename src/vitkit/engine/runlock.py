@@ -13,26 +13,9 @@ import os
 from pathlib import Path
 
 from vitkit.errors import VitkitError
+from vitkit.io import make_dir
 
 LOCK_NAME = ".vitkit.lock"
-
-
-def make_run_dir(run_dir) -> Path:
-    """Create ``run_dir`` (and parents), or say in one line why it cannot be a run dir."""
-    path = Path(run_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise VitkitError(f"--out {path} is a file, not a directory; pick another --out") from None
-    except NotADirectoryError:
-        raise VitkitError(f"--out {path} lies under a file, not a directory; pick another --out") from None
-    except PermissionError:
-        raise VitkitError(f"--out {path}: permission denied (read-only place?); pick a writable --out") from None
-    except OSError as exc:
-        raise VitkitError(f"--out {path}: cannot create it ({exc.strerror}); pick another --out") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise VitkitError(f"--out {path} is not writable; pick a writable --out or fix its permissions")
-    return path
 
 
 class RunLock:
@@ -92,4 +75,4 @@ def lock_run_dir(run_dir, owner: bool = True) -> RunLock | None:
     """Create ``run_dir`` and lock it when this process owns the run (``owner``); else None."""
     if not owner:
         return None
-    return RunLock(make_run_dir(run_dir)).acquire()
+    return RunLock(make_dir(run_dir)).acquire()

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.io import make_dir
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_OPSET = 18
+OPSETS = range(17, 26)  # written and checked with the pinned torch/onnx/onnxruntime (LayerNormalization >= 17)
 SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
 
 
@@ -74,6 +76,19 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor, opset: int = DEFA
     return Path(path)
 
 
+def check_opset(opset: int) -> None:
+    if opset not in OPSETS:
+        raise VitkitError(f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+
+
+def written_opset(path) -> int:
+    """The default-domain opset recorded in an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
+
+
 def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
     """Run an exported ONNX file on ``x`` with onnxruntime (CPU)."""
     import onnxruntime as ort
@@ -109,15 +124,28 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
     """Export ``model`` and check the exported file against eager PyTorch on ``inputs``."""
     if fmt not in FORMATS:
         raise VitkitError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_opset(opset)
     model = model.eval()
     img_size = tuple(img_size or _size_of(model))
     inputs = inputs or example_batches(model, img_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        make_dir(path.parent)
+    except VitkitError:
+        raise VitkitError(f"--out {path}: its folder {path.parent} cannot be created or written (a file in the way, "
+                          "or a read-only place); pick another --out") from None
+    if path.is_dir():
+        raise VitkitError(f"--out {path} is a directory; pass a file name such as {path / ('model' + SUFFIX[fmt])}")
     example = max(inputs.values(), key=len)
     example = example if len(example) > 1 else example.repeat(2, 1, 1, 1)  # batch 1 would specialise
     writer, runner = (export_onnx, run_onnx) if fmt == "onnx" else (export_torch, run_torch_export)
     writer(model, path, example, **({"opset": opset} if fmt == "onnx" else {}))
+    if fmt == "onnx" and written_opset(path) != opset:
+        found = written_opset(path)
+        path.unlink(missing_ok=True)
+        raise VitkitError(f"the ONNX exporter wrote opset {found}, not the requested {opset}, so nothing was kept; "
+                          f"use --opset {DEFAULT_OPSET}")
     diffs = {}
     for b, x in inputs.items():
         ref = _plain_output(model(x)).float()
