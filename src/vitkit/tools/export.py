@@ -78,7 +78,8 @@ def export_onnx(model: nn.Module, path, example: torch.Tensor, opset: int = DEFA
 
 def check_opset(opset: int) -> None:
     if opset not in OPSETS:
-        raise VitkitError(f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+        raise VitkitError(f"--opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} "
+                          f"(default {DEFAULT_OPSET})")
 
 
 def written_opset(path) -> int:
