@@ -11,6 +11,7 @@ large, unsupported mode, not a regular file) raises one ``VitkitError`` line nam
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import io
@@ -94,6 +95,17 @@ def _check_regular_file(path: Path) -> None:
         raise VitkitError(f"{path}: empty file (0 bytes); re-save or remove it")
 
 
+@contextlib.contextmanager
+def _pil_warnings():
+    """PIL's notes (palette transparency, EXIF, the bomb warning we act on ourselves) are silenced;
+    a warning about a truncated or corrupt file is raised as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("error", message=".*(runcated|orrupt)", category=UserWarning)
+        yield
+
+
 def _open_lazy(src, label: str, limit: int) -> Image.Image:
     """PIL's lazy open (header only), refusing more than ``limit`` declared pixels."""
     if isinstance(src, (bytes, bytearray)):
@@ -104,15 +116,14 @@ def _open_lazy(src, label: str, limit: int) -> Image.Image:
         src = Path(src)
         _check_regular_file(src)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+        with _pil_warnings():
             img = Image.open(src)
     except Image.DecompressionBombError as exc:  # PIL's own check (above twice its limit) came first
         raise _too_large(label, None, limit, str(exc)) from None
     except UnidentifiedImageError:
         raise VitkitError(
             f"{label}: not an image file PIL can read (png, jpg, bmp, ...); remove it or convert it") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, UserWarning) as exc:
         raise VitkitError(f"{label}: unreadable image header ({_short(exc)}); re-save or remove it") from None
     w, h = img.size
     if w < 1 or h < 1 or w * h > limit:
@@ -152,14 +163,15 @@ def open_image(src, mode: str | None = None, *, max_pixels: int | None = None,
     try:
         if size_hint and img.format == "JPEG" and mode in ("L", "RGB"):
             img.draft(mode, (size_hint, size_hint))
-        img.load()
+        with _pil_warnings():
+            img.load()
         if size_hint:
             factor = min(img.size) // (2 * size_hint)
             img = img.reduce(factor) if factor >= 2 and img.mode not in _HIGH_DEPTH + ("P", "1") else img
         return _convert(img, mode, label) if mode else img
     except VitkitError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, UserWarning) as exc:
         raise VitkitError(f"{label}: unreadable or truncated image ({_short(exc)}); re-save or remove it") from None
 
 
