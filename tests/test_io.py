@@ -28,3 +28,26 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    (b'{"a": ', "is not valid JSON"),
+    (b'{"a": NaN}', "is not valid JSON (NaN is not a JSON value"),
+    (b"[1, 2]", "holds a JSON array, not a JSON object"),
+    (b'"x"', "holds a JSON string, not a JSON object"),
+])
+def test_read_json_is_one_line_per_problem(tmp_path, content, words):
+    from vitkit.errors import VitkitError
+    from vitkit.io import read_json
+
+    path = tmp_path / "latest.json"
+    path.write_bytes(content)
+    with pytest.raises(VitkitError, match=r"checkpoint index .*latest.json") as info:
+        read_json(path, "checkpoint index", "delete the run dir and retrain")
+    assert words in str(info.value) and str(info.value).endswith("delete the run dir and retrain")
+    assert "\n" not in str(info.value)
+    path.write_bytes(b'{"k": [1]}')
+    assert read_json(path, "x", "y") == {"k": [1]}
+    with pytest.raises(VitkitError, match="not found; fix it"):
+        read_json(tmp_path / "none.json", "x", "fix it")

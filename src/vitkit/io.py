@@ -1,7 +1,10 @@
-"""Atomic file writes: a reader never sees a half-written file, even after a kill.
+"""Files in and out: atomic writes, checked JSON reads, output folders.
 
 Every file vitkit publishes (weights, config.json, checkpoints, metrics) goes through
-:func:`atomic_write_bytes`: write a temp file in the same directory, fsync, rename.
+:func:`atomic_write_bytes`: write a temp file in the same directory, fsync, rename, so a
+reader never sees a half-written file, even after a kill. Every JSON file vitkit reads back
+goes through :func:`read_json`: a missing, non-UTF-8, invalid or wrongly shaped file is one
+``VitkitError`` line.
 """
 from __future__ import annotations
 
@@ -47,6 +50,39 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path, what: str, fix: str, expect: type = dict) -> Any:
+    """The JSON value in ``path`` (of type ``expect``), or one line naming ``what`` it is and ``fix``."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = json.loads(text, parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise VitkitError(f"{what} {path} not found; {fix}") from None
+    except OSError as exc:
+        raise VitkitError(f"cannot read {what} {path} ({exc.strerror}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise VitkitError(f"{what} {path} is not UTF-8 text (byte {exc.start}); the file is corrupt: {fix}") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise VitkitError(f"{what} {path} is not valid JSON ({_first_line(exc)}); the file is corrupt: {fix}") from None
+    if not isinstance(data, expect):
+        raise VitkitError(f"{what} {path} holds a JSON {_json_type(data)}, not a JSON {_json_type(expect())}; "
+                          f"the file is corrupt: {fix}")
+    return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def atomic_write_json(path, data: Any) -> None:
