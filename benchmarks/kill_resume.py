@@ -1,8 +1,9 @@
 """Crash safety: SIGKILL a tiny `vitkit train` at random moments, resume, compare with an uninterrupted run.
 
 One uninterrupted reference run, then ``--tries`` runs that each get ``kill -9`` at a moment
-drawn uniformly over the reference run's wall time (so some land during start-up, some
-during an epoch, some during a checkpoint write). A killed run is continued with
+drawn uniformly over 90% of the reference run's wall time (so some land during start-up, some
+during an epoch, some during a checkpoint write; a run that ends before its drawn moment is
+not counted and is drawn again). A killed run is continued with
 ``--resume`` when it has a checkpoint, else started again on the same ``--out``; a run may
 be killed again (``--kills`` per try). A try survives when its final ``model.safetensors``
 is byte-identical to the reference's and ``vitkit eval`` agrees on top-1.
@@ -50,7 +51,8 @@ def _continue(out: Path) -> subprocess.Popen:
 
 
 def one_try(out: Path, duration: float, kills: int, rng: random.Random) -> dict:
-    """Kill up to ``kills`` times at random moments, then let the run finish."""
+    """Kill up to ``kills`` times, each at a moment uniform in (0, ``duration``) after the (re)start,
+    then let the run finish."""
     events = []
     proc = _start(out, resume=False)
     for _ in range(kills):
@@ -84,10 +86,13 @@ def main() -> int:
     duration = time.monotonic() - t0
     assert proc.returncode == 0, text
     ref_sha, ref_top1 = _sha(ref / "model" / "model.safetensors"), _top1(ref)
-    tries = []
-    for i in range(args.tries):
-        out = root / f"try_{i:03d}"
-        result = one_try(out, duration, args.kills, rng)
+    tries, attempt = [], 0
+    while len(tries) < args.tries and attempt < 3 * args.tries:
+        out, attempt = root / f"try_{attempt:03d}", attempt + 1
+        result = one_try(out, 0.9 * duration, args.kills, rng)
+        if not result["kills"]:  # it finished before the drawn moment: not a try, draw again
+            continue
+        i = len(tries)
         result["identical"] = (result["returncode"] == 0 and _sha(out / "model" / "model.safetensors") == ref_sha
                                and _top1(out) == ref_top1)
         tries.append(result)
