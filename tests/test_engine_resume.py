@@ -1,4 +1,7 @@
-"""A run SIGKILLed mid-epoch and resumed ends bit-identical to an uninterrupted run."""
+"""A run SIGKILLed mid-epoch and resumed ends bit-identical to an uninterrupted run.
+
+Only the interrupted runs need a process of their own (to be killed); the uninterrupted reference and
+the resumes run in-process through ``vitkit.cli.main``, reading everything from the run dirs."""
 from __future__ import annotations
 
 import json
@@ -10,6 +13,8 @@ import time
 
 import torch
 from safetensors.torch import load_file
+
+from vitkit.cli import main
 
 ARGS = ["--model", "vit_test", "--set", "model.img_size=8", "model.patch_size=2", "data.limit_train=256",
         "data.limit_val=32", "batch_size=16", "epochs=3", "tensorboard=false", "progress=false", "threads=1",
@@ -51,28 +56,20 @@ def _assert_same_run(full, other) -> None:
     assert top1[0] == top1[1]
 
 
-def _resume(run_dir) -> None:
-    resumed = _train("--resume", str(run_dir))
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out
-
-
 def test_sigkill_or_ctrl_c_mid_epoch_then_resume_is_identical(tmp_path):
     full, killed, stopped = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c"
-    ref = _train(*ARGS, "--out", str(full))
     victim = _train(*ARGS, "--out", str(killed))
+    polite = _train(*ARGS, "--out", str(stopped))
     _signal_after_first_checkpoint(victim, killed)
     assert victim.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
     assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
-    polite = _train(*ARGS, "--out", str(stopped))
     _signal_after_first_checkpoint(polite, stopped, signal.SIGINT)
     out = polite.stdout.read()
     assert polite.returncode == 130 and f"--resume {stopped}" in out, out
     manifest = json.loads((stopped / "checkpoint" / "latest.json").read_text())
     assert not manifest["dir"].endswith("_b000000"), manifest  # saved mid-epoch, at a step boundary
-    out, _ = ref.communicate(timeout=300)
-    assert ref.returncode == 0, out
+    assert main(["train", *ARGS, "--out", str(full)]) == 0
     for run_dir in (killed, stopped):
-        _resume(run_dir)
+        assert main(["train", "--resume", str(run_dir)]) == 0
         _assert_same_run(full, run_dir)
