@@ -18,7 +18,7 @@ import platform
 
 import torch
 
-from vitkit.models.hub import load_model
+from vitkit import create_model
 from vitkit.tools.bench import (
     DTYPES,
     BenchConfig,
@@ -35,11 +35,11 @@ MODELS = ("vit_small_patch16_224", "vit_small_patch4_32")
 def run_group(name: str, rows: list[tuple[str, str, BenchConfig]], peaks: dict) -> list[dict]:
     """rows: (label, "vitkit"|"timm", cfg); all run interleaved on the same input batch."""
     torch.manual_seed(0)
-    base = load_model(name)
+    base = create_model(name)
     x = input_batch(base, rows[0][2])
     runners = []
     for label, lib, cfg in rows:
-        model = load_model(name) if lib == "vitkit" else timm_equivalent(base)
+        model = create_model(name) if lib == "vitkit" else timm_equivalent(base)
         runners.append((label, cfg, *make_runner(label, model, x, cfg, peaks[cfg.dtype])))
 
     def remeasure_peaks():  # before each round: the peak is re-measured under the same load

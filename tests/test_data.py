@@ -19,6 +19,7 @@ from vitkit.data import DataConfig, build_data, fashion_mnist, list_image_files,
 from vitkit.data.fashion_mnist import read_idx
 from vitkit.data.seg_canvas import compose_canvases
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 CANVAS = dict(name="seg-canvas", canvas_size=40, canvas_train_size=24, canvas_val_size=8, canvas_items=2)
 
@@ -252,25 +253,25 @@ def test_seg_folder(tmp_path):
 # ---------------------------------------------------------------- predict-time loading
 def test_load_image_converts_channels_and_normalises(tmp_path):
     gray = _image(tmp_path / "g.png", 51, mode="L", size=(5, 7))
-    x = load_image(gray, in_chans=3, img_size=4, mean=(0.2,), std=(0.5,))
+    x = load_image(gray, Preprocess(img_size=4, in_chans=3, mean=(0.2,), std=(0.5,)))
     torch.testing.assert_close(x, torch.zeros(3, 4, 4), atol=1e-6, rtol=0)  # 51/255 = 0.2
     rgb = _image(tmp_path / "c.jpg", 200, size=(9, 9))
-    assert load_image(rgb, 1, 9, (0.5,), (0.25,)).shape == (1, 9, 9)
+    assert load_image(rgb, Preprocess(9, 1, (0.5,), (0.25,))).shape == (1, 9, 9)
     with pytest.raises(VitkitError, match="4 channels"):
-        load_image(rgb, 4, 9, (0.5,), (0.25,))
+        load_image(rgb, Preprocess(9, 4, (0.5,), (0.25,)))
 
 
 def test_load_image_errors_name_the_file(tmp_path):
     text = tmp_path / "readme.txt"
     text.write_text("hello")
     with pytest.raises(VitkitError, match="readme.txt: not an image"):
-        load_image(text, 1, 8, (0.5,), (0.5,))
+        load_image(text, Preprocess(8, 1))
     with pytest.raises(VitkitError, match="missing.png: no such file"):
-        load_image(tmp_path / "missing.png", 1, 8, (0.5,), (0.5,))
+        load_image(tmp_path / "missing.png", Preprocess(8, 1))
     trunc = tmp_path / "trunc.png"
     trunc.write_bytes(_image(tmp_path / "full.png", 9, size=(30, 30)).read_bytes()[:60])
     with pytest.raises(VitkitError, match="trunc.png"):
-        load_image(trunc, 1, 8, (0.5,), (0.5,))
+        load_image(trunc, Preprocess(8, 1))
 
 
 def test_list_image_files(tmp_path):
@@ -298,7 +299,7 @@ def test_batched_fetch_equals_item_by_item(img_size):
     images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(10) % 3
     cfg = DataConfig(name="digits", augment="none")
-    ds = ArrayDataset(images, labels, ClassificationTransform(cfg, img_size, (0.4,), (0.2,), train=True))
+    ds = ArrayDataset(images, labels, ClassificationTransform(cfg, Preprocess(img_size, 1, (0.4,), (0.2,)), train=True))
     x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=False, collate_fn=collate)))
     assert x.shape == (4, 1, img_size, img_size) and x.dtype == torch.float32
     torch.testing.assert_close(x, torch.stack([ds[i][0] for i in range(4)]), rtol=0, atol=0)
@@ -326,5 +327,6 @@ def test_batched_crop_flip_is_a_per_image_crop_of_the_padded_image():
         seen.add(match[0])
     assert len(seen) > 4  # different draws per image, not one shared crop
     cfg = DataConfig(name="digits", augment="randaugment")
-    ds = ArrayDataset(images[:, :1], torch.zeros(32), ClassificationTransform(cfg, 6, (0.4,), (0.2,), train=True))
+    transform = ClassificationTransform(cfg, Preprocess(6, 1, (0.4,), (0.2,)), train=True)
+    ds = ArrayDataset(images[:, :1], torch.zeros(32), transform)
     assert not isinstance(ds.__getitems__([0, 1]), Batch)

@@ -22,7 +22,6 @@ from vitkit.engine.metrics import classification_summary, segmentation_summary, 
 from vitkit.engine.optim import ModelEMA, warmup_cosine
 from vitkit.engine.recipes import RECIPES, get_recipe
 from vitkit.engine.run_config import RunConfig, load_run_config, resolve
-from vitkit.models.hub import load_model
 from vitkit.models.vit import DistilledOutput
 
 TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "96", "data.limit_val": "40",
@@ -161,7 +160,7 @@ def test_train_writes_run_dir_and_learns(tmp_path):
     meta = json.loads((run / "model" / "config.json").read_text())
     assert meta["class_names"][:2] == ["0", "1"] and meta["preprocess"]["img_size"] == 8
     bundle = build_data(saved.data)  # the published (EMA) weights reproduce the final metrics
-    again = evaluate(load_model(run), eval_loader(bundle.val, 64), "classification", 10)
+    again = evaluate(create_model(run), eval_loader(bundle.val, 64), "classification", 10)
     assert again["top1"] == metrics["top1"] and again["confusion"] == metrics["confusion"]
 
 
@@ -282,6 +281,6 @@ def test_compiled_model_saves_plain_weights(tmp_path, monkeypatch):
     finally:
         torch._dynamo.reset()
     assert len(compiled) == 1  # the trainer did compile the model it trained
-    loaded = load_model(tmp_path / "run")  # strict load: no `_orig_mod.` prefixes
+    loaded = create_model(tmp_path / "run")  # strict load: no `_orig_mod.` prefixes
     state = load_file(next((tmp_path / "run" / "checkpoint").glob("step_*")) / "model.safetensors")
     assert set(state) == set(loaded.state_dict())

@@ -24,6 +24,7 @@ from vitkit.data.images import (
     set_max_image_pixels,
 )
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -84,7 +85,7 @@ def test_large_jpeg_decodes_at_reduced_scale(tmp_path):
     assert open_image(big, "RGB").size == (800, 640)
     small = open_image(big, "RGB", size_hint=100)
     assert small.size == (200, 160)  # DCT scale 1/4: the smallest >= 100 on both sides
-    x = load_image(big, 3, 100, (0.5,), (0.5,))
+    x = load_image(big, Preprocess(100, 3, (0.5,), (0.5,)))
     assert x.shape == (3, 100, 100)
     # the whole, undrafted decode resized gives the same flat image (value 90 everywhere)
     torch.testing.assert_close(x, torch.full_like(x, 90 / 255 * 2 - 1), atol=4 / 255 * 2, rtol=0)

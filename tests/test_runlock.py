@@ -61,7 +61,7 @@ def test_two_trainers_on_one_out(tmp_path, capsys):
     """The second is refused (exit 2, one line naming the holder's pid); the first's run is intact.
     The first trainer runs in a thread: its lock is its own open file, which the second's flock meets."""
     from vitkit.engine.checkpoint import load_checkpoint
-    from vitkit.models.hub import load_model
+    from vitkit.registry import create_model
 
     out = tmp_path / "run"
     codes = []
@@ -77,7 +77,7 @@ def test_two_trainers_on_one_out(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert f"in use by another vitkit training (pid {os.getpid()})" in err and "\n" not in err
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
-    state = load_checkpoint(out, load_model(out))  # every checksum verifies
+    state = load_checkpoint(out, create_model(out))  # every checksum verifies
     assert state["epoch"] == 3 and len(json.loads(state["history"])) == 3
     assert [p.name for p in (out / "checkpoint").iterdir() if p.is_dir()] == [
         json.loads((out / "checkpoint" / "latest.json").read_text())["dir"]]

@@ -1,103 +1,143 @@
-"""Model registry: ``register_model``, ``create_model``, ``list_models``.
+"""One way in: :func:`create_model` builds a model from a *spec*.
 
-A registered name is a *preset*: a model class plus a config instance. ``create_model``
-copies the preset's config, applies typed overrides, builds the model and optionally
-loads weights saved with ``save_pretrained``.
+    create_model("vit_tiny_patch16_224")              a registered name: fresh weights
+    create_model("my_vit")                            a save_pretrained dir: config, weights, metadata
+    create_model("runs/digits")                       a `vitkit train` run dir (its model/ subdir)
+    create_model("vit_test", pretrained="my_vit")     architecture from the name, weights from a spec
+
+A spec resolves to a :class:`ModelSource` (model class, config, weights file, saved metadata)
+through :data:`RESOLVERS`, tried in order; a new kind of spec is one more resolver there.
+The presets themselves live in :mod:`vitkit.models.catalog`; importing the families below
+fills it.
 """
 from __future__ import annotations
 
-import fnmatch
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitkit.config import apply_overrides, close_matches
+import vitkit.models  # noqa: F401  (importing the families registers every preset)
+from vitkit.config import apply_overrides, close_matches, from_dict
 from vitkit.errors import VitkitError
+from vitkit.models.catalog import (
+    ModelEntry,
+    family_class,
+    get_config,
+    get_entry,
+    is_registered,
+    list_models,
+    register_family,
+    register_model,
+    register_presets,
+)
+from vitkit.models.hub import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_dir, load_weights, read_metadata
+from vitkit.preprocess import Preprocess
+
+__all__ = ["ModelEntry", "ModelSource", "RESOLVERS", "create_model", "family_class", "get_config", "get_entry",
+           "list_models", "register_family", "register_model", "register_presets", "resolve"]
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    cls: type
+class ModelSource:
+    """What a spec names: the model class and config (None for bare weights), the weights file
+    (None: fresh initialisation) and the metadata saved with them (preprocess, class_names)."""
+
+    spec: str
+    cls: type | None
     config: Any
-    tags: tuple[str, ...] = ()
-
-    def build(self, **overrides):
-        return self.cls(apply_overrides(self.config, overrides))
+    weights: Path | None = None
+    meta: dict = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_FAMILIES: dict[str, type] = {}
+def _model_dir(spec) -> ModelSource | None:
+    """A ``save_pretrained`` dir, or a ``vitkit train`` run dir (it holds one in ``model/``)."""
+    path = Path(spec)
+    if is_pretrained_dir(path / "model"):  # a run dir (it has its own run config.json too)
+        path = path / "model"
+    elif not is_pretrained_dir(path):
+        return None
+    meta = read_metadata(path)
+    cls = family_class(meta["family"])
+    try:
+        config = from_dict(cls.config_cls, meta["config"])
+    except VitkitError as exc:
+        raise VitkitError(f"cannot read model config {path / CONFIG_NAME}: {exc}") from None
+    return ModelSource(str(spec), cls, config, path / WEIGHTS_NAME, meta)
 
 
-def register_family(cls: type) -> type:
-    """Class decorator: make a model class loadable from a saved config by its ``family``."""
-    _FAMILIES[cls.family] = cls
-    return cls
+def _weights_file(spec) -> ModelSource | None:
+    """A bare ``.safetensors`` file: weights without a config (use it as ``pretrained=``)."""
+    path = Path(spec)
+    return ModelSource(str(spec), None, None, path) if path.suffix == ".safetensors" and path.is_file() else None
 
 
-def family_class(family: str) -> type:
-    _ensure_models_imported()
-    if family not in _FAMILIES:
-        raise VitkitError(f"unknown model family '{family}'{close_matches(family, _FAMILIES)}")
-    return _FAMILIES[family]
+def _registered_name(spec) -> ModelSource | None:
+    if not isinstance(spec, str) or not is_registered(spec):
+        return None
+    entry = get_entry(spec)
+    return ModelSource(spec, entry.cls, entry.config)
 
 
-def register_model(name: str, cls: type, config: Any, tags: tuple[str, ...] = ()) -> None:
-    """Register preset ``name`` = ``cls(config)``. Names are unique."""
-    if name in _REGISTRY:
-        raise RuntimeError(f"model '{name}' is registered twice")
-    _REGISTRY[name] = ModelEntry(name, cls, config, tuple(tags))
+RESOLVERS: tuple[Callable[[Any], ModelSource | None], ...] = (_model_dir, _weights_file, _registered_name)
 
 
-def register_presets(cls: type, presets: dict[str, Any], tags: tuple[str, ...] = ()) -> None:
-    for name, cfg in presets.items():
-        register_model(name, cls, cfg, tags)
+def _unresolved(spec) -> VitkitError:
+    text, path = str(spec), Path(spec)
+    if path.is_dir():
+        return VitkitError(f"{text} is a folder but not a model: it has neither config.json (a save_pretrained dir) "
+                           "nor model/config.json (a run dir)")
+    if path.exists():
+        return VitkitError(f"{text} is not a model file; pass a save_pretrained dir, a run dir or a .safetensors file")
+    if isinstance(spec, Path) or any(sep in text for sep in ("/", "\\")):
+        return VitkitError(f"path not found: {text}; it is not a run dir, a save_pretrained dir or a model name")
+    return VitkitError(f"unknown model '{text}'{close_matches(text, list_models())}; run `vitkit models` to list "
+                       "them, or pass a save_pretrained dir or a run dir")
 
 
-def _ensure_models_imported() -> None:
-    import vitkit.models  # noqa: F401  (registers every family)
+def resolve(spec) -> ModelSource:
+    """The :class:`ModelSource` for ``spec`` (a name, a path or an already resolved source)."""
+    if isinstance(spec, ModelSource):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise VitkitError(f"a model spec is a name or a path, got {type(spec).__name__} {spec!r}")
+    for resolver in RESOLVERS:
+        source = resolver(spec)
+        if source is not None:
+            return source
+    raise _unresolved(spec)
 
 
-def list_models(pattern: str = "*", tag: str | None = None) -> list[str]:
-    """Sorted registered names matching a glob ``pattern`` (and having ``tag``)."""
-    _ensure_models_imported()
-    return sorted(
-        n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (tag is None or tag in e.tags)
-    )
+def create_model(spec, pretrained=None, **overrides):
+    """Build the model ``spec`` names, with config ``overrides``, and load its weights.
 
-
-def get_entry(name: str) -> ModelEntry:
-    _ensure_models_imported()
-    if name not in _REGISTRY:
-        raise VitkitError(
-            f"unknown model '{name}'{close_matches(name, _REGISTRY)}; run `vitkit models` to list them"
-        )
-    return _REGISTRY[name]
-
-
-def get_config(name: str, **overrides):
-    """The resolved config of preset ``name`` with ``overrides`` applied."""
-    return apply_overrides(get_entry(name).config, overrides)
-
-
-def create_model(name: str, pretrained: str | Path | None = None, **overrides):
-    """Build registered model ``name``; load weights from a ``save_pretrained`` dir if given.
-
-    ``name`` may also be a directory written by ``save_pretrained``: the model is then
-    rebuilt from its saved config (overrides applied on top) and its weights loaded.
+    ``spec``: a registered name, a ``save_pretrained`` dir or a ``vitkit train`` run dir
+    (see :data:`RESOLVERS`). ``pretrained``: weights for the architecture ``spec`` names,
+    from a save_pretrained dir, a run dir or a ``.safetensors`` file. Loaded weights are
+    checked strictly (positional embeddings are resampled to another ``img_size``), and
+    the model carries the metadata saved with them: ``model.preprocess`` (at the model's
+    own input size) and ``model.class_names``.
     """
-    from vitkit.models.hub import is_pretrained_dir, load_pretrained
-
-    if pretrained is None and is_pretrained_dir(name):
-        return load_pretrained(name, **overrides)
-    model = get_entry(name).build(**overrides)
-    if pretrained is not None:
-        from vitkit.models.hub import load_weights
-
-        load_weights(model, pretrained)
+    source = resolve(spec)
+    if source.cls is None:
+        raise VitkitError(f"{source.spec} holds weights but no config; "
+                          f"pass a model name and pretrained={source.spec!r}")
+    weights = source if pretrained is None else resolve(pretrained)
+    if pretrained is not None and weights.weights is None:
+        raise VitkitError(f"pretrained={weights.spec!r} holds no weights; pass a save_pretrained dir, a run dir "
+                          "or a .safetensors file")
+    model = source.cls(apply_overrides(source.config, overrides))
+    if weights.weights is not None:
+        load_weights(model, weights.weights)
+        _carry_metadata(model, weights.meta)
     return model
 
 
-ModelFactory = Callable[..., Any]
+def _carry_metadata(model, meta: dict) -> None:
+    """Saved preprocess (at the model's input size and channels) and class names -> the model."""
+    saved = dict(meta.get("preprocess") or {})
+    saved.update(img_size=model.config.img_size, in_chans=model.config.in_chans)
+    model.preprocess = Preprocess.from_dict(saved, model.config)
+    names = meta.get("class_names")
+    model.class_names = list(names) if names else None

@@ -52,14 +52,14 @@ def run(args) -> int:
     from vitkit.engine.plots import plot_confusion
     from vitkit.errors import VitkitError
     from vitkit.io import make_dir
-    from vitkit.models.hub import load_model, resolve_model_dir
+    from vitkit.registry import create_model, resolve
 
     if args.batch_size < 1:
         raise VitkitError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model_dir = resolve_model_dir(args.model)
-    if model_dir is None:
+    source = resolve(args.model)
+    if source.weights is None or source.cls is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
-    model = load_model(model_dir)
+    model, model_dir = create_model(source), source.weights.parent
     bundle = build_data(data_config(args, model))
     if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
         raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "

@@ -19,9 +19,9 @@ def _inputs(args, model, pre):
         return None
     import torch
 
-    from vitkit.tools.common import load_image_tensor
+    from vitkit.data import load_image
 
-    x = torch.cat([load_image_tensor(p, pre) for p in args.images])  # (B, C, H, W)
+    x = torch.stack([load_image(p, pre) for p in args.images])  # (B, C, H, W)
     x3 = x.repeat(3, 1, 1, 1)[:3]  # at least batch 1 and batch 3
     return {1: x[:1], 3: x3, **({len(x): x} if len(x) > 3 else {})}
 
@@ -30,7 +30,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from vitkit.errors import VitkitError
-    from vitkit.tools.common import load_with_metadata
+    from vitkit.registry import create_model
     from vitkit.tools.export import FORMATS, SUFFIX, check_opset, export_model
 
     if args.format not in FORMATS:
@@ -38,7 +38,8 @@ def run(args) -> int:
     if args.format == "onnx":
         check_opset(args.opset)  # before any work
     overrides = {"img_size": args.img_size} if args.img_size else {}
-    model, pre, _ = load_with_metadata(args.model, **overrides)
+    model = create_model(args.model, **overrides).eval()
+    pre = model.preprocess
     out = args.out or f"{Path(str(args.model).rstrip('/')).name}{SUFFIX[args.format]}"
     res = export_model(model, out, args.format, args.opset, pre.img_size, _inputs(args, model, pre))
     detail = f"opset {res.opset}, " if res.opset else ""

@@ -17,18 +17,18 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from vitkit.engine.predict import expand_inputs, format_predictions, predict_files, printable
     from vitkit.errors import VitkitError
-    from vitkit.models.hub import load_model, read_metadata, resolve_model_dir
+    from vitkit.registry import create_model, resolve
 
     if args.top_k < 1:
         raise VitkitError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise VitkitError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model_dir = resolve_model_dir(args.model)
-    if model_dir is None:
+    source = resolve(args.model)
+    if source.weights is None or source.cls is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
-    model, meta = load_model(model_dir), read_metadata(model_dir)
+    model = create_model(source)
     files, failures = expand_inputs(args.images)
-    results, more = predict_files(model, meta, files, args.top_k, args.batch_size)
+    results, more = predict_files(model, files, args.top_k, args.batch_size)
     failures += more
     if results:
         print(format_predictions(results, args.format))

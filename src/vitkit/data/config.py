@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitkit.preprocess import Preprocess
+
 DATASETS = ("digits", "fashion-mnist", "imagefolder", "seg-canvas", "seg-folder")
 AUGMENTS = ("none", "basic", "randaugment")
 IGNORE_INDEX = 255
@@ -41,16 +43,31 @@ class DataBundle:
 
     Items are ``(image, target)``: image a normalised float tensor (C, H, W); target an int
     label (classification) or a LongTensor mask (H, W) of class indices (segmentation).
+    ``preprocess`` is how every image was resized and normalised (saved with the model).
     """
 
     train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
     task: str  # "classification" | "segmentation"
     num_classes: int
-    in_chans: int
-    img_size: int
     class_names: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocess: Preprocess
     batch_transform: Callable | None  # (images, labels) -> (images, soft targets (B, classes))
     ignore_index: int = IGNORE_INDEX
+
+    @property
+    def in_chans(self) -> int:
+        return self.preprocess.in_chans
+
+    @property
+    def img_size(self) -> int:
+        """The (square) input size."""
+        return self.preprocess.img_size[0]
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 
 class Batch(NamedTuple):
@@ -97,17 +98,14 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
 PRESIZE_MAX_BYTES = 512 * 2**20
 
 
-def presize(images: torch.Tensor, img_size: int, max_bytes: int = PRESIZE_MAX_BYTES) -> torch.Tensor:
-    """Resize all images (N, C, h, w) to ``img_size`` once, if the result fits in ``max_bytes``.
+def presize(images: torch.Tensor, pre: Preprocess, max_bytes: int = PRESIZE_MAX_BYTES) -> torch.Tensor:
+    """Resize all images (N, C, h, w) with ``pre.resize`` once, if the result fits in ``max_bytes``.
 
     Batched resizing costs ~6 us/item against ~30 us/item on the fly (measured on Fashion-MNIST,
     28 -> 32); when the result would not fit, images are returned as they are (resized per item).
     """
-    native = images.shape[-1]
-    size = images.shape[0] * images.shape[1] * img_size * img_size * images.element_size()
-    if native == img_size or size > max_bytes:
+    h, w = pre.img_size
+    size = images.shape[0] * images.shape[1] * h * w * images.element_size()
+    if tuple(images.shape[-2:]) == (h, w) or size > max_bytes:
         return images
-    from torchvision.transforms.v2 import functional as TF
-
-    resized = [TF.resize(chunk, [img_size, img_size], antialias=True) for chunk in images.split(4096)]
-    return torch.cat(resized)
+    return torch.cat([pre.resize(chunk) for chunk in images.split(4096)])

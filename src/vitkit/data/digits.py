@@ -6,6 +6,7 @@ import torch
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset, stratified_split
 from vitkit.data.transforms import ClassificationTransform, build_batch_transform, float_stats
+from vitkit.preprocess import Preprocess
 
 NATIVE_SIZE = 8
 
@@ -24,20 +25,17 @@ def build_digits(cfg: DataConfig) -> DataBundle:
     images, labels = load_digits_tensors()
     train_idx, val_idx = stratified_split(labels.tolist(), cfg.val_fraction, cfg.seed)
     mean, std = float_stats(images[train_idx])
-    img_size = cfg.img_size or NATIVE_SIZE
-    images = presize(images, img_size)
+    pre = Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std)
+    images = presize(images, pre)
     make = lambda idx, train: ArrayDataset(  # noqa: E731
-        images[idx], labels[idx], ClassificationTransform(cfg, img_size, mean, std, train)
+        images[idx], labels[idx], ClassificationTransform(cfg, pre, train)
     )
     return DataBundle(
         train=seeded_subset(make(train_idx, True), cfg.limit_train, cfg.seed, "limit_train"),
         val=seeded_subset(make(val_idx, False), cfg.limit_val, cfg.seed, "limit_val"),
         task="classification",
         num_classes=10,
-        in_chans=1,
-        img_size=img_size,
         class_names=[str(d) for d in range(10)],
-        mean=mean,
-        std=std,
+        preprocess=pre,
         batch_transform=build_batch_transform(cfg, "classification", 10),
     )

@@ -17,6 +17,7 @@ from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset
 from vitkit.data.transforms import ClassificationTransform, build_batch_transform, uint8_stats
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 NATIVE_SIZE = 28
@@ -96,19 +97,16 @@ def build_fashion_mnist(cfg: DataConfig) -> DataBundle:
     train_x, train_y = load_split(cfg.data_dir, "train")
     val_x, val_y = load_split(cfg.data_dir, "test")
     mean, std = uint8_stats(train_x)
-    img_size = cfg.img_size or NATIVE_SIZE
-    train_x, val_x = presize(train_x, img_size), presize(val_x, img_size)
-    train = ArrayDataset(train_x, train_y, ClassificationTransform(cfg, img_size, mean, std, True))
-    val = ArrayDataset(val_x, val_y, ClassificationTransform(cfg, img_size, mean, std, False))
+    pre = Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std)
+    train_x, val_x = presize(train_x, pre), presize(val_x, pre)
+    train = ArrayDataset(train_x, train_y, ClassificationTransform(cfg, pre, True))
+    val = ArrayDataset(val_x, val_y, ClassificationTransform(cfg, pre, False))
     return DataBundle(
         train=seeded_subset(train, cfg.limit_train, cfg.seed, "limit_train"),
         val=seeded_subset(val, cfg.limit_val, cfg.seed, "limit_val"),
         task="classification",
         num_classes=10,
-        in_chans=1,
-        img_size=img_size,
         class_names=list(CLASS_NAMES),
-        mean=mean,
-        std=std,
+        preprocess=pre,
         batch_transform=build_batch_transform(cfg, "classification", 10),
     )

@@ -22,6 +22,7 @@ from vitkit.data.datasets import seeded_subset, stratified_split
 from vitkit.data.images import check_image, image_header, is_grayscale_mode, is_image_name, read_image, read_mask
 from vitkit.data.transforms import ClassificationTransform, SegmentationTransform, build_batch_transform, float_stats
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 STATS_SAMPLE = 256  # images used to estimate the normalisation mean/std
 
@@ -116,14 +117,14 @@ def check_files(paths: list[Path], split: str) -> None:
             raise VitkitError(f"{split} data: {exc}") from None
 
 
-def _stats(paths: list[Path], in_chans: int, img_size: int, seed: int):
-    """Normalisation mean/std from a seeded sample of up to ``STATS_SAMPLE`` images."""
-    from torchvision.transforms.v2 import functional as TF
-
+def _stats(paths: list[Path], in_chans: int, img_size: int, seed: int) -> Preprocess:
+    """The preprocessing with mean/std from a seeded sample of up to ``STATS_SAMPLE`` images."""
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(paths), generator=gen)[:STATS_SAMPLE].tolist()
-    images = [TF.resize(read_image(paths[i], in_chans), [img_size, img_size], antialias=True) for i in pick]
-    return float_stats(torch.stack(images).float() / 255.0)  # (n, C, S, S)
+    sized = Preprocess(img_size, in_chans)  # resize only; the statistics are what we measure
+    images = [sized.resize(read_image(paths[i], in_chans)) for i in pick]
+    mean, std = float_stats(torch.stack(images).float() / 255.0)  # (n, C, S, S)
+    return Preprocess(img_size, in_chans, mean, std)
 
 
 def _random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -155,10 +156,10 @@ def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: lis
     """Probe channels/size and normalisation on the training images, wrap both splits; the val
     files in use are checked now (a corrupt one is an error before epoch 1)."""
     in_chans, img_size = _probe(train_items[0][0], cfg)
-    mean, std = _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed)
+    pre = _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed)
 
     def split(items, train: bool, limit, label):
-        data = make(items, in_chans, transform_cls(cfg, img_size, mean, std, train))
+        data = make(items, in_chans, transform_cls(cfg, pre, train))
         return seeded_subset(data, limit, cfg.seed, label)
 
     val = split(val_items, False, cfg.limit_val, "limit_val")
@@ -167,8 +168,8 @@ def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: lis
     return DataBundle(
         train=split(train_items, True, cfg.limit_train, "limit_train"),
         val=val,
-        task=task, num_classes=len(classes), in_chans=in_chans, img_size=img_size, class_names=classes,
-        mean=mean, std=std, batch_transform=build_batch_transform(cfg, task, len(classes)),
+        task=task, num_classes=len(classes), class_names=classes, preprocess=pre,
+        batch_transform=build_batch_transform(cfg, task, len(classes)),
     )
 
 

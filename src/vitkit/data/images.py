@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 100_000_000  # width * height above which an image is refused unread
@@ -234,22 +235,10 @@ def read_mask(path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).astype(np.int64))
 
 
-def load_image(path, in_chans: int, img_size: int, mean, std) -> torch.Tensor:
-    """An image file (or bytes) -> normalised float tensor (C, img_size, img_size) for predict/explain/serve."""
-    from torchvision.transforms.v2 import functional as F
-
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    if mean_t.numel() not in (1, in_chans) or std_t.numel() not in (1, in_chans):
-        raise VitkitError(
-            f"mean/std have {mean_t.numel()}/{std_t.numel()} values but the model expects {in_chans} channels")
-    if not (torch.isfinite(std_t).all() and (std_t > 0).all() and torch.isfinite(mean_t).all()):
-        raise VitkitError(f"preprocessing std must be finite and > 0 and mean finite, got mean={mean}, std={std}; "
-                          "fix 'preprocess' in the model's config.json")
-    image = read_image(path, in_chans, size_hint=img_size)  # (C, H, W) uint8
-    if image.shape[-2:] != (img_size, img_size):
-        image = F.resize(image, [img_size, img_size], antialias=True)
-    return (image.float() / 255.0 - mean_t) / std_t
+def load_image(path, pre: Preprocess) -> torch.Tensor:
+    """An image file (or bytes) -> the model input (C, H, W), resized and normalised by ``pre``
+    (predict, explain, export, serve)."""
+    return pre(read_image(path, pre.in_chans, size_hint=max(pre.resize_size)))
 
 
 def _listable(path: Path, root: Path) -> bool:

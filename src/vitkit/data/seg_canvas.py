@@ -19,6 +19,7 @@ from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import SegArrayDataset, check_limit
 from vitkit.data.transforms import SegmentationTransform, build_batch_transform, uint8_stats
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 SILHOUETTE_THRESHOLD = 16  # uint8 pixel value above which an item pixel belongs to the item
 ITEM = fm.NATIVE_SIZE
@@ -79,16 +80,13 @@ def build_seg_canvas(cfg: DataConfig) -> DataBundle:
     train_x, train_m = make_split(cfg, "train", cfg.canvas_train_size, cfg.limit_train, "limit_train")
     val_x, val_m = make_split(cfg, "test", cfg.canvas_val_size, cfg.limit_val, "limit_val")
     mean, std = uint8_stats(train_x)
-    img_size = cfg.img_size or cfg.canvas_size
+    pre = Preprocess(cfg.img_size or cfg.canvas_size, 1, mean, std)
     return DataBundle(
-        train=SegArrayDataset(train_x, train_m, SegmentationTransform(cfg, img_size, mean, std, True)),
-        val=SegArrayDataset(val_x, val_m, SegmentationTransform(cfg, img_size, mean, std, False)),
+        train=SegArrayDataset(train_x, train_m, SegmentationTransform(cfg, pre, True)),
+        val=SegArrayDataset(val_x, val_m, SegmentationTransform(cfg, pre, False)),
         task="segmentation",
         num_classes=len(CLASS_NAMES),
-        in_chans=1,
-        img_size=img_size,
         class_names=list(CLASS_NAMES),
-        mean=mean,
-        std=std,
+        preprocess=pre,
         batch_transform=build_batch_transform(cfg, "segmentation", len(CLASS_NAMES)),
     )

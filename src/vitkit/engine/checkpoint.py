@@ -21,7 +21,7 @@ import torch
 
 from vitkit.errors import VitkitError
 from vitkit.io import atomic_write_bytes, atomic_write_json
-from vitkit.models.hub import save_state_dict
+from vitkit.models.hub import check_state_dict, load_state_dict, save_state_dict
 
 CKPT_DIR = "checkpoint"
 LATEST = "latest.json"
@@ -79,8 +79,6 @@ def _verified_dir(run_dir) -> tuple[Path, dict]:
 
 def load_checkpoint(run_dir, model, ema=None) -> dict:
     """Verify every file, then load weights (strictly) and return the saved state dict."""
-    from vitkit.models.hub import check_state_dict, load_state_dict
-
     target, files = _verified_dir(run_dir)
     weights = load_state_dict(target / "model.safetensors")
     check_state_dict(model, weights, str(target))

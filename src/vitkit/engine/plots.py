@@ -53,15 +53,13 @@ def plot_confusion(conf, class_names: list[str], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_segmentation(images, masks, preds, mean, std, path: Path, num_classes: int) -> None:
-    """Grid: one row per example with image / ground truth / prediction."""
+def plot_segmentation(images, masks, preds, path: Path, num_classes: int) -> None:
+    """Grid: one row per example with image (pixels in [0, 1]) / ground truth / prediction."""
     plt = _pyplot()
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
-    m = torch.tensor(mean).view(-1, 1, 1)
-    s = torch.tensor(std).view(-1, 1, 1)
     for row in range(n):
-        img = (images[row] * s + m).clamp(0, 1)  # (C, H, W)
+        img = images[row]  # (C, H, W)
         img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
         panels = ((img, "image", "gray"), (masks[row], "truth", "tab20"), (preds[row], "prediction", "tab20"))
         for col, (data, title, cmap) in enumerate(panels):

@@ -8,6 +8,7 @@ import torch
 
 from vitkit.engine.losses import split_outputs
 from vitkit.errors import VitkitError
+from vitkit.preprocess import Preprocess
 
 
 @dataclass
@@ -36,15 +37,6 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[Failure]]:
     return files, failures
 
 
-def preprocess_info(meta: dict, model) -> dict:
-    """img_size / in_chans / mean / std saved with the model (defaults: the model's own, 0.5/0.5)."""
-    cfg = model.config
-    size = cfg.img_size[0] if isinstance(cfg.img_size, (tuple, list)) else cfg.img_size
-    pre = {"img_size": size, "in_chans": cfg.in_chans, "mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}
-    pre.update(meta.get("preprocess") or {})
-    return pre
-
-
 @torch.no_grad()
 def class_probs(model, images: torch.Tensor, task: str) -> torch.Tensor:
     """(B, K) probabilities; for segmentation the share of pixels predicted as each class."""
@@ -56,21 +48,20 @@ def class_probs(model, images: torch.Tensor, task: str) -> torch.Tensor:
     return logits.float().softmax(dim=-1)
 
 
-def predict_files(model, meta: dict, files: list[Path], top_k: int = 5,
+def predict_files(model, files: list[Path], top_k: int = 5,
                   batch_size: int = 64) -> tuple[list[Prediction], list[Failure]]:
-    """Load each batch of files (errors collected per file), run the model, keep the top-k."""
+    """Load each batch of files as ``model.preprocess`` says (errors collected per file), run
+    the model, keep the top-k of ``model.class_names``."""
     if batch_size < 1:
         raise VitkitError(f"batch size must be >= 1, got {batch_size}")
     model.eval()
-    pre = preprocess_info(meta, model)
-    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
-    task = meta.get("task", "classification")
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
     results, failures = [], []
     for start in range(0, len(files), batch_size):
-        loaded = _load_batch(files[start:start + batch_size], pre, failures)
+        loaded = _load_batch(files[start:start + batch_size], model.preprocess, failures)
         if not loaded:
             continue
-        probs = class_probs(model, torch.stack([x for _, x in loaded]), task)  # (B, K)
+        probs = class_probs(model, torch.stack([x for _, x in loaded]), model.task)  # (B, K)
         top = probs.topk(min(top_k, len(names), probs.shape[-1]), dim=-1)
         for (path, _), p, i in zip(loaded, top.values, top.indices, strict=True):
             if not torch.isfinite(p).all():
@@ -81,13 +72,13 @@ def predict_files(model, meta: dict, files: list[Path], top_k: int = 5,
     return results, failures
 
 
-def _load_batch(paths: list[Path], pre: dict, failures: list[Failure]) -> list[tuple[Path, torch.Tensor]]:
+def _load_batch(paths: list[Path], pre: Preprocess, failures: list[Failure]) -> list[tuple[Path, torch.Tensor]]:
     from vitkit.data import load_image
 
     loaded = []
     for path in paths:
         try:
-            loaded.append((path, load_image(path, pre["in_chans"], pre["img_size"], pre["mean"], pre["std"])))
+            loaded.append((path, load_image(path, pre)))
         except (VitkitError, OSError) as exc:
             failures.append(Failure(str(path), str(exc)))
     return loaded

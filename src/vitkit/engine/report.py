@@ -33,4 +33,4 @@ def save_segmentation_examples(model, bundle, path, n: int = 4) -> None:
     logits, _ = split_outputs(model(images))
     model.train(was_training)
     preds = dense_logits(logits.float(), masks.shape[-2:]).argmax(dim=1)  # (n, H, W)
-    plot_segmentation(images, masks, preds, bundle.mean, bundle.std, path, bundle.num_classes)
+    plot_segmentation(bundle.preprocess.denormalize(images), masks, preds, path, bundle.num_classes)

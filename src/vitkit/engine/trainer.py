@@ -120,15 +120,17 @@ def build_model(cfg: RunConfig, bundle: DataBundle) -> torch.nn.Module:
             raise VitkitError(f"model.{key}={given} does not match the data ({key}={value}); drop the override "
                               f"or change the data (e.g. data.img_size)")
         overrides[key] = value
-    return create_model(cfg.model, **overrides)
+    model = create_model(cfg.model, **overrides)
+    model.preprocess, model.class_names = bundle.preprocess, list(bundle.class_names)  # saved with the weights
+    return model
 
 
 def load_teacher(cfg: RunConfig, bundle: DataBundle):
     if cfg.distill.teacher is None:
         return None
-    from vitkit.models.hub import load_model
+    from vitkit.registry import create_model
 
-    teacher = load_model(cfg.distill.teacher).eval()
+    teacher = create_model(cfg.distill.teacher).eval()
     if teacher.in_chans != bundle.in_chans or teacher.num_classes != bundle.num_classes:
         raise VitkitError(f"teacher {cfg.distill.teacher} expects {teacher.in_chans} channels / {teacher.num_classes} "
                           f"classes but the data has {bundle.in_chans} / {bundle.num_classes}; "
@@ -162,17 +164,10 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
     return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn, logger)
 
 
-def model_extra(bundle: DataBundle) -> dict:
-    """Metadata saved next to the weights for predict/explain/export."""
-    return {"class_names": list(bundle.class_names), "task": bundle.task,
-            "preprocess": {"img_size": bundle.img_size, "in_chans": bundle.in_chans,
-                           "mean": list(bundle.mean), "std": list(bundle.std)}}
-
-
 def save_state(run: Run, epoch: int, batch_in_epoch: int) -> None:
     """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (rank 0 only)."""
     if run.info.is_main:
-        run.eval_model().save_pretrained(run.run_dir / "model", extra=model_extra(run.bundle))
+        run.eval_model().save_pretrained(run.run_dir / "model")
         state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "rng": rng_state(), "history": json.dumps(run.history)}

@@ -7,7 +7,12 @@
     feature_info                     -> channels and stride of each intermediate
 
 Every config has ``img_size``, ``in_chans`` and ``num_classes``; the model keeps it as
-``model.config`` so that ``save_pretrained`` writes a self-describing directory.
+``model.config`` so that ``save_pretrained`` writes a self-describing directory, together
+with what the model carries about its inputs and outputs:
+
+    preprocess                       -> Preprocess (size, channels, mean/std, interpolation, crop)
+    class_names                      -> names of the outputs, or None
+    task                             -> "classification" or "segmentation"
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import torch
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.models import hub
+from vitkit.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,22 @@ class FeatureInfo:
 class VitkitModel(nn.Module):
     family: ClassVar[str] = ""
     config_cls: ClassVar[type]
+    task: ClassVar[str] = "classification"
     config: Any
     feature_info: list[FeatureInfo]
     num_features: int
     grad_checkpointing: bool = False
+    class_names: list[str] | None = None
+    _preprocess: Preprocess | None = None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How inputs are prepared: set by training or loading; else the config's size, mean = std = 0.5."""
+        return self._preprocess if self._preprocess is not None else Preprocess.for_config(self.config)
+
+    @preprocess.setter
+    def preprocess(self, value: Preprocess) -> None:
+        self._preprocess = value
 
     @property
     def num_classes(self) -> int:
@@ -83,10 +102,9 @@ class VitkitModel(nn.Module):
         return state_dict
 
     def save_pretrained(self, path, extra: dict | None = None) -> None:
-        """Write ``model.safetensors`` + ``config.json`` (with optional ``extra`` metadata)."""
-        from vitkit.models.hub import save_pretrained
-
-        save_pretrained(self, path, extra)
+        """Write ``model.safetensors`` + ``config.json`` (config, preprocess, class names, task;
+        ``extra`` entries are added, or replace those)."""
+        hub.save_pretrained(self, path, extra)
 
     def resolve_indices(self, indices: Sequence[int] | int | None, n: int) -> list[int]:
         """Normalise ``indices`` (None = last, int k = last k, negatives allowed) to 0..n-1."""

@@ -1,4 +1,11 @@
-"""Saving and loading weights: safetensors + a JSON config (no pickle is ever executed)."""
+"""The ``save_pretrained`` format: safetensors weights + a JSON config (no pickle is ever executed).
+
+    DIR/model.safetensors   the state dict
+    DIR/config.json         {"family", "config", "preprocess", "class_names", "task", ...extras}
+
+Reading a directory back into a model is :func:`vitkit.create_model`'s job; this module
+only writes and reads the files.
+"""
 from __future__ import annotations
 
 import json
@@ -6,11 +13,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
-from vitkit.config import apply_overrides, from_dict, to_dict
+from vitkit.config import to_dict
 from vitkit.errors import VitkitError
 from vitkit.io import atomic_write_bytes, atomic_write_json
+from vitkit.preprocess import Preprocess
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -26,8 +34,6 @@ def is_pretrained_dir(path) -> bool:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     """Atomically write a safetensors file (tensors made contiguous and unshared)."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
 
@@ -50,11 +56,13 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model, path, extra: dict | None = None) -> None:
-    """Write weights + ``config.json`` ({family, config, **extra}); ``extra`` carries e.g.
-    ``class_names`` and ``preprocess`` ({img_size, in_chans, mean, std}) for predict/explain."""
+    """Write weights + ``config.json``: family, config, the model's preprocess, class names and
+    task, then ``extra`` (a ``preprocess`` dict in ``extra`` is read like a saved one)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    meta = {"family": model.family, "config": to_dict(model.config), **(extra or {})}
+    extra = dict(extra or {})
+    pre = Preprocess.from_dict(extra.pop("preprocess"), model.config) if "preprocess" in extra else model.preprocess
+    meta = {"family": model.family, "config": to_dict(model.config), "preprocess": pre.to_dict(),
+            "class_names": model.class_names, "task": model.task, **extra}
     save_state_dict(model.state_dict(), path / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_json(path / CONFIG_NAME, meta)
 
@@ -63,44 +71,13 @@ def read_metadata(path) -> dict:
     """The whole ``config.json`` of a ``save_pretrained`` dir (family, config and extras)."""
     cfg_path = Path(path) / CONFIG_NAME
     try:
-        return json.loads(cfg_path.read_text())
+        meta = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise VitkitError(f"cannot read model config {cfg_path}: {exc}; is this a save_pretrained directory?") from None
-
-
-def resolve_model_dir(spec) -> Path | None:
-    """A ``save_pretrained`` dir for ``spec``: the dir itself, or a training run's ``model/``."""
-    p = Path(spec)
-    if is_pretrained_dir(p / "model"):  # a run dir (it has its own run config.json too)
-        return p / "model"
-    if is_pretrained_dir(p):
-        return p
-    return None
-
-
-def load_model(spec, **overrides):
-    """A model from a registered name, a ``save_pretrained`` dir or a ``vitkit train`` run dir."""
-    from vitkit.registry import create_model
-
-    model_dir = resolve_model_dir(spec)
-    if model_dir is not None:
-        return load_pretrained(model_dir, **overrides)
-    if any(sep in str(spec) for sep in ("/", "\\")) and not Path(spec).exists():
-        raise VitkitError(f"path not found: {spec}; pass a model name, a save_pretrained dir or a run dir")
-    return create_model(str(spec), **overrides)
-
-
-def read_config(path):
-    """(model class, config) from a ``save_pretrained`` directory."""
-    from vitkit.registry import family_class
-
-    meta = read_metadata(path)
-    cfg_path = Path(path) / CONFIG_NAME
-    try:
-        cls = family_class(meta["family"])
-        return cls, from_dict(cls.config_cls, meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise VitkitError(f"cannot read model config {cfg_path}: {exc}; is this a save_pretrained directory?") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("family"), str) and isinstance(meta.get("config"), dict)):
+        raise VitkitError(f"cannot read model config {cfg_path}: it has no 'family' and 'config'; "
+                          "is this a save_pretrained directory?")
+    return meta
 
 
 def check_state_dict(model, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -127,11 +104,3 @@ def load_weights(model, path) -> None:
     state = model.adapt_state_dict(load_state_dict(path))
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
-
-
-def load_pretrained(path, **overrides):
-    """Rebuild a model from a ``save_pretrained`` dir; overrides (e.g. img_size) applied on top."""
-    cls, cfg = read_config(path)
-    model = cls(apply_overrides(cfg, overrides))
-    load_weights(model, path)
-    return model

@@ -17,7 +17,7 @@ from torch import nn
 from vitkit.errors import VitkitError
 from vitkit.layers.resnet import LAYOUTS, ResNetTrunk
 from vitkit.models.base import FeatureInfo, VitkitModel
-from vitkit.registry import register_family, register_presets
+from vitkit.models.catalog import register_family, register_presets
 
 
 @dataclass(frozen=True)

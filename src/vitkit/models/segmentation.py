@@ -26,9 +26,9 @@ from torch import nn
 from vitkit.errors import VitkitError
 from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
 from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.catalog import register_family, register_presets
 from vitkit.models.resnet import LAYOUTS, trunk_from
 from vitkit.models.vit import VisionTransformer, ViTConfig
-from vitkit.registry import register_family, register_presets
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -130,6 +130,8 @@ class SemanticFPNConfig:
 
 class _DenseModel(VitkitModel):
     """Shared dense-model plumbing: forward(x) = upsampled logits (B, K, H, W)."""
+
+    task = "segmentation"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), size=tuple(x.shape[-2:]))

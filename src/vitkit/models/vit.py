@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from vitkit.errors import VitkitError
 from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
 from vitkit.models.base import FeatureInfo, VitkitModel
-from vitkit.registry import register_family, register_presets
+from vitkit.models.catalog import register_family, register_presets
 
 
 @dataclass(frozen=True)

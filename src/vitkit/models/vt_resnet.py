@@ -20,8 +20,8 @@ from torch import nn
 from vitkit.errors import VitkitError
 from vitkit.layers.vt import VTConfig, vt_stack
 from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.catalog import register_family, register_presets
 from vitkit.models.resnet import LAYOUTS, trunk_from
-from vitkit.registry import register_family, register_presets
 
 PAPER_MODULES = {18: 2, 34: 3, 50: 3, 101: 3}
 

@@ -36,7 +36,7 @@ from torch import nn
 from vitkit.data import DataConfig, build_data
 from vitkit.data.datasets import ArrayDataset
 from vitkit.errors import VitkitError
-from vitkit.models.hub import load_model
+from vitkit.registry import create_model
 from vitkit.tools.flops import flops_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -189,10 +189,9 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
 
 
 def input_batch(model: nn.Module, cfg: BenchConfig) -> torch.Tensor:
-    """Random images (B, C, H, W) of the (vitkit) model's configured size."""
-    c = model.config
-    size = (c.img_size, c.img_size) if isinstance(c.img_size, int) else tuple(c.img_size)
-    return torch.randn(cfg.batch_size, c.in_chans, *size, generator=torch.Generator().manual_seed(cfg.seed))
+    """Random images (B, C, H, W) at the (vitkit) model's input size, ``model.preprocess``."""
+    pre = model.preprocess
+    return torch.randn(cfg.batch_size, pre.in_chans, *pre.img_size, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:
@@ -266,7 +265,7 @@ def build_models(cfg: BenchConfig) -> list[tuple[str, nn.Module]]:
     """[("vitkit", model)] plus ("timm", equivalent) when comparing."""
     torch.manual_seed(cfg.seed)
     overrides = {"img_size": cfg.img_size} if cfg.img_size else {}
-    model = load_model(cfg.model, **overrides)
+    model = create_model(cfg.model, **overrides)
     models = [("vitkit", model)]
     if cfg.compare == "timm":
         models.append(("timm", timm_equivalent(model)))

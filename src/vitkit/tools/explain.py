@@ -146,15 +146,16 @@ def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None =
 
     Returns (explanation, list of written PNG paths).
     """
-    from vitkit.tools.common import load_image_tensor, load_with_metadata
+    from vitkit.data import load_image
+    from vitkit.registry import create_model
 
-    model, pre, meta = load_with_metadata(spec)
-    x = load_image_tensor(image_path, pre)  # (1, C, H, W)
+    model = create_model(spec).eval()
+    x = load_image(image_path, model.preprocess).unsqueeze(0)  # (1, C, H, W)
     exp = explain(model, x, layers, fusion)
     if out_dir is None:
         return exp, []
-    image = pre.denormalise(x)[0]  # (C, H, W) in [0, 1]
-    label = _label(exp.logits, meta.get("class_names"))
+    image = model.preprocess.denormalize(x)[0]  # (C, H, W) in [0, 1]
+    label = _label(exp.logits, model.class_names)
     if isinstance(exp, ViTExplanation):
         return exp, save_vit_explanation(exp, image, out_dir, label)
     from vitkit.tools.explain_vt import save_vt_explanation

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.errors import VitkitError
-from vitkit.models.hub import load_model
+from vitkit.registry import create_model
 
 PART_CANDIDATES = ("neck", "vt", "trunk.layer4")  # first one the model has is measured by default
 
@@ -101,7 +101,7 @@ def measure(spec: str, img_size: int | None = None, part: str | None = "auto",
     if img_size is not None and img_size < 1:
         raise VitkitError(f"--img-size must be a positive integer, got {img_size}")
     overrides = dict(overrides or {}, **({"img_size": img_size} if img_size is not None else {}))
-    model = load_model(spec, **overrides)
+    model = create_model(spec, **overrides)
     size = img_size if img_size is not None else model.config.img_size
     return count_flops(model, size, part, name=str(spec))
 
