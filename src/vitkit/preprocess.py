@@ -91,10 +91,10 @@ class Preprocess:
         data.setdefault("in_chans", config.in_chans)
         try:
             return cls(**data)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, VitkitError):
-                raise
-            raise VitkitError(f"bad preprocess entry {data}: {exc}") from None
+        except VitkitError:
+            raise
+        except (TypeError, ValueError) as exc:  # e.g. a string where a number belongs
+            raise VitkitError(f"bad preprocess entry {data} in config.json: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; a square ``img_size`` is written as one int."""

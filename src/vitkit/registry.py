@@ -136,8 +136,10 @@ def create_model(spec, pretrained=None, **overrides):
 
 def _carry_metadata(model, meta: dict) -> None:
     """Saved preprocess (at the model's input size and channels) and class names -> the model."""
-    saved = dict(meta.get("preprocess") or {})
-    saved.update(img_size=model.config.img_size, in_chans=model.config.in_chans)
+    saved = meta.get("preprocess") or {}
+    if not isinstance(saved, dict):
+        raise VitkitError(f"'preprocess' in the model's config.json must be an object, got {saved!r}")
+    saved = {**saved, "img_size": model.config.img_size, "in_chans": model.config.in_chans}
     model.preprocess = Preprocess.from_dict(saved, model.config)
     names = meta.get("class_names")
     model.class_names = list(names) if names else None
