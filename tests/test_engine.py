@@ -26,11 +26,12 @@ from vitkit.models.vit import DistilledOutput
 
 TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "96", "data.limit_val": "40",
         "batch_size": "16", "epochs": "2", "tensorboard": "false", "progress": "false", "threads": "1",
-        "schedule.warmup_steps": "2", "optim.lr": "3e-3"}
+        "schedule.warmup_steps": "2", "optim.lr": "3e-3", "deterministic": "true"}
 
 
-def tiny_cfg(tmp_path, **extra) -> RunConfig:
-    sets = {**TINY, "out_dir": str(tmp_path / "run"), **{k.replace("__", "."): str(v) for k, v in extra.items()}}
+def tiny_cfg(tmp_path, device: str = "cpu", **extra) -> RunConfig:
+    sets = {**TINY, "device": device, "out_dir": str(tmp_path / "run"),
+            **{k.replace("__", "."): str(v) for k, v in extra.items()}}
     return resolve(RunConfig(model="vit_test"), sets)
 
 
@@ -44,7 +45,7 @@ def test_resolve_typed_overrides():
 @pytest.mark.parametrize("sets, words", [
     ({"optim.lrr": "1"}, "did you mean lr"), ({"epochs": "two"}, "epochs"),
     ({"model.depthh": "2"}, "did you mean depth"), ({"model.depth": "x"}, "depth"),
-    ({"precision": "fp16"}, "must be one of"), ({"epochs": "0"}, "out of range"),
+    ({"precision": "fp8"}, "must be one of"), ({"epochs": "0"}, "out of range"),
     ({"model_overrides": '{"depth": 2}'}, "model.NAME=VALUE"),
 ])
 def test_resolve_rejects_bad_overrides(sets, words):
@@ -144,8 +145,8 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
         ckpt.load_checkpoint(tmp_path, fresh)
 
 
-def test_train_writes_run_dir_and_learns(tmp_path):
-    cfg = tiny_cfg(tmp_path, epochs=3, ema__enabled="true", ema__decay="0.5")
+def test_train_writes_run_dir_and_learns(tmp_path, device):
+    cfg = tiny_cfg(tmp_path, device, epochs=3, ema__enabled="true", ema__decay="0.5")
     metrics = trainer.train(cfg)
     run = tmp_path / "run"
     for name in ("config.json", "log.csv", "metrics.json", "model/model.safetensors", "checkpoint/latest.json",
@@ -160,32 +161,34 @@ def test_train_writes_run_dir_and_learns(tmp_path):
     meta = json.loads((run / "model" / "config.json").read_text())
     assert meta["class_names"][:2] == ["0", "1"] and meta["preprocess"]["img_size"] == 8
     bundle = build_data(saved.data)  # the published (EMA) weights reproduce the final metrics
-    again = evaluate(create_model(run), eval_loader(bundle.val, 64), "classification", 10)
+    again = evaluate(create_model(run).to(device), eval_loader(bundle.val, 64), "classification", 10)
     assert again["top1"] == metrics["top1"] and again["confusion"] == metrics["confusion"]
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_cfg(tmp_path, epochs=3)
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, device, monkeypatch):
+    cfg = tiny_cfg(tmp_path, device, epochs=3)
     original = loop._forward_backward
     calls = {"n": 0}
 
     def poisoned(run, images, target, sync):
         calls["n"] += 1
         loss, logits = original(run, images, target, sync)
-        return (float("nan") if calls["n"] == 8 else loss), logits  # 6 batches per epoch: NaN in epoch 2
+        return (torch.full_like(loss, float("nan")) if calls["n"] == 8 else loss), logits  # 6 batches/epoch
 
     monkeypatch.setattr(loop, "_forward_backward", poisoned)
-    with pytest.raises(loop.NonFiniteLoss, match="loss is nan at epoch 2"):
+    with pytest.raises(loop.NonFiniteLoss, match="loss is nan at epoch 2, batch 2;"):
         trainer.train(cfg)
     manifest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())
     assert manifest["epoch"] == 1 and manifest["global_step"] == 6
 
 
-def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
-    """SIGINT mid-epoch saves a checkpoint; resuming ends with the uninterrupted weights."""
-    full = tiny_cfg(tmp_path / "a", data__augment="basic")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, device, precision, monkeypatch):
+    """SIGINT mid-epoch saves a checkpoint; resuming ends with the uninterrupted weights
+    (fp16: with the loss scaler's state saved and restored)."""
+    full = tiny_cfg(tmp_path / "a", device, data__augment="basic", precision=precision)
     trainer.train(full)
-    cut = tiny_cfg(tmp_path / "b", data__augment="basic")
+    cut = tiny_cfg(tmp_path / "b", device, data__augment="basic", precision=precision)
     original = loop.train_one_epoch
 
     def interrupt_in_epoch_2(run, loader, epoch, start_batch, stop):
@@ -197,6 +200,8 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
         trainer.train(cut)
     manifest = json.loads((tmp_path / "b" / "run" / "checkpoint" / "latest.json").read_text())
     assert manifest["epoch"] == 1 and 0 < manifest["global_step"] < 12
+    state = torch.load(tmp_path / "b" / "run" / "checkpoint" / manifest["dir"] / "state.pt", weights_only=True)
+    assert ("scaler" in state) == (precision == "fp16")
     trainer.train(cut, resume=True)
     a = load_file(tmp_path / "a" / "run" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "run" / "model" / "model.safetensors")
@@ -255,8 +260,8 @@ def test_grad_accum_equals_big_batch(tmp_path, monkeypatch):
     assert acc["top1"] == pytest.approx(big["top1"], abs=0.05)
 
 
-def test_bf16_mixup_run(tmp_path):
-    cfg = tiny_cfg(tmp_path, epochs=1, precision="bf16", data__mixup_alpha="0.4", data__cutmix_alpha="0.4")
+def test_bf16_mixup_run(tmp_path, device):
+    cfg = tiny_cfg(tmp_path, device, epochs=1, precision="bf16", data__mixup_alpha="0.4", data__cutmix_alpha="0.4")
     metrics = trainer.train(cfg)
     assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["top1"] <= 1.0
     manifest = json.loads((tmp_path / "run" / "checkpoint" / "latest.json").read_text())

@@ -1,4 +1,5 @@
-"""A run SIGKILLed mid-epoch and resumed ends bit-identical to an uninterrupted run.
+"""A run SIGKILLed, Ctrl-C'd or preempted (SIGTERM) mid-epoch and resumed ends bit-identical to an
+uninterrupted run.
 
 Only the interrupted runs need a process of their own (to be killed); the uninterrupted reference and
 the resumes run in-process through ``vitkit.cli.main``, reading everything from the run dirs."""
@@ -56,10 +57,11 @@ def _assert_same_run(full, other) -> None:
     assert top1[0] == top1[1]
 
 
-def test_sigkill_or_ctrl_c_mid_epoch_then_resume_is_identical(tmp_path):
-    full, killed, stopped = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c"
+def test_sigkill_ctrl_c_or_sigterm_mid_epoch_then_resume_is_identical(tmp_path):
+    full, killed, stopped, preempted = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c", tmp_path / "term"
     victim = _train(*ARGS, "--out", str(killed))
     polite = _train(*ARGS, "--out", str(stopped))
+    term = _train(*ARGS, "--out", str(preempted), "--auto-resume")
     _signal_after_first_checkpoint(victim, killed)
     assert victim.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
@@ -69,7 +71,13 @@ def test_sigkill_or_ctrl_c_mid_epoch_then_resume_is_identical(tmp_path):
     assert polite.returncode == 130 and f"--resume {stopped}" in out, out
     manifest = json.loads((stopped / "checkpoint" / "latest.json").read_text())
     assert not manifest["dir"].endswith("_b000000"), manifest  # saved mid-epoch, at a step boundary
+    _signal_after_first_checkpoint(term, preempted, signal.SIGTERM)  # cluster preemption
+    out = term.stdout.read()
+    assert term.returncode == 75 and "preempted at epoch " in out and f"--resume {preempted}" in out, out
+    assert not json.loads((preempted / "checkpoint" / "latest.json").read_text())["dir"].endswith("_b000000")
     assert main(["train", *ARGS, "--out", str(full)]) == 0
     for run_dir in (killed, stopped):
         assert main(["train", "--resume", str(run_dir)]) == 0
         _assert_same_run(full, run_dir)
+    assert main(["train", *ARGS, "--out", str(preempted), "--auto-resume"]) == 0  # the same command continues it
+    _assert_same_run(full, preempted)

@@ -1,6 +1,8 @@
 """``vitkit eval RUN_DIR_OR_MODEL``: accuracy / mIoU, per-class numbers, confusion matrix."""
 from __future__ import annotations
 
+from vitkit.commands.options import add_device_option, device_of
+
 HELP = "evaluate a run dir or saved model: top-1/top-5, per-class accuracy, confusion matrix (mIoU for segmentation)"
 
 
@@ -14,6 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="where to write confusion.png and metrics (default: RUN_DIR/plots)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_device_option(p)
 
 
 def data_config(args, model):
@@ -54,12 +57,13 @@ def run(args) -> int:
     from vitkit.io import make_dir
     from vitkit.registry import create_model, resolve
 
+    device = device_of(args)
     if args.batch_size < 1:
         raise VitkitError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = resolve(args.model)
     if source.weights is None or source.cls is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
-    model, model_dir = create_model(source), source.weights.parent
+    model, model_dir = create_model(source).to(device), source.weights.parent
     bundle = build_data(data_config(args, model))
     if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
         raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "

@@ -1,17 +1,23 @@
-"""``vitkit export MODEL_OR_RUN --format onnx|torch-export``: export and verify against PyTorch."""
+"""``vitkit export MODEL_OR_RUN --format onnx|torch-export|pretrained``: export and verify against PyTorch."""
 from __future__ import annotations
 
-HELP = "export to ONNX (dynamic batch, checked with onnxruntime) or torch.export (.pt2)"
+from vitkit.commands.options import add_device_option, device_of
+
+HELP = ("export to ONNX (dynamic batch, checked with onnxruntime) or torch.export (.pt2); "
+        "a run's checkpoint (sharded too) to a save_pretrained dir")
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="registered model name, save_pretrained dir or `vitkit train` run dir")
-    p.add_argument("--format", default="onnx", help="onnx (default) or torch-export")
+    p.add_argument("--format", default="onnx",
+                   help="onnx (default), torch-export, or pretrained: a run dir's checkpoint (FSDP-sharded or "
+                        "not) as a plain save_pretrained dir, in one process")
     p.add_argument("--out", default=None, help="output file (default: <model name>.onnx / .pt2)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version, 17..25 (default: 18)")
     p.add_argument("--img-size", type=int, default=None, help="export for this image size (default: the model's)")
     p.add_argument("--images", nargs="+", default=None,
                    help="image files to check the export on (default: random batches of 1 and 3)")
+    add_device_option(p)
 
 
 def _inputs(args, model, pre):
@@ -26,6 +32,16 @@ def _inputs(args, model, pre):
     return {1: x[:1], 3: x3, **({len(x): x} if len(x) > 3 else {})}
 
 
+def _export_checkpoint(args) -> int:
+    from pathlib import Path
+
+    from vitkit.engine.checkpoint import export_pretrained
+
+    out = args.out or f"{Path(str(args.model).rstrip('/')).name}_pretrained"
+    print(f"wrote {export_pretrained(args.model, out)} (save_pretrained dir: the checkpoint's weights)")
+    return 0
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -33,12 +49,14 @@ def run(args) -> int:
     from vitkit.registry import create_model
     from vitkit.tools.export import FORMATS, SUFFIX, check_opset, export_model
 
+    if args.format == "pretrained":
+        return _export_checkpoint(args)
     if args.format not in FORMATS:
-        raise VitkitError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
+        raise VitkitError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}, pretrained")
     if args.format == "onnx":
         check_opset(args.opset)  # before any work
     overrides = {"img_size": args.img_size} if args.img_size else {}
-    model = create_model(args.model, **overrides).eval()
+    model = create_model(args.model, **overrides).eval().to(device_of(args))
     pre = model.preprocess
     out = args.out or f"{Path(str(args.model).rstrip('/')).name}{SUFFIX[args.format]}"
     res = export_model(model, out, args.format, args.opset, pre.img_size, _inputs(args, model, pre))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from vitkit.commands.options import add_device_option, device_of
+
 HELP = "top-k predictions for images (files, folders or globs) with a trained model"
 
 
@@ -12,6 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=5, help="how many classes per image (default 5)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=64)
+    add_device_option(p)
 
 
 def run(args) -> int:
@@ -19,6 +22,7 @@ def run(args) -> int:
     from vitkit.errors import VitkitError
     from vitkit.registry import create_model, resolve
 
+    device = device_of(args)
     if args.top_k < 1:
         raise VitkitError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
@@ -26,7 +30,7 @@ def run(args) -> int:
     source = resolve(args.model)
     if source.weights is None or source.cls is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
-    model = create_model(source)
+    model = create_model(source).to(device)
     files, failures = expand_inputs(args.images)
     results, more = predict_files(model, files, args.top_k, args.batch_size)
     failures += more

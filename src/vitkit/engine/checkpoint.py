@@ -1,7 +1,10 @@
 """Resumable checkpoints, written atomically and verified before anything is loaded.
 
-    RUN_DIR/checkpoint/latest.json            {"dir": "step_000120", "files": {name: sha256}, ...}
-    RUN_DIR/checkpoint/step_000120/model.safetensors, ema.safetensors, state.pt
+    RUN_DIR/checkpoint/latest.json            {"dir": "step_000120_b000000", "files": {name: sha256}, ...}
+    RUN_DIR/checkpoint/step_000120_b000000/   model.safetensors, ema.safetensors, state.pt
+                                              (a sharded run: dcp/, written by every process through
+                                              torch.distributed.checkpoint, instead of the weights)
+                                              rng_rank1.pt ...: the RNG state of every other process
 
 Every file goes to a fresh directory (temp file + rename); ``latest.json`` is replaced
 last, so a kill at any moment leaves the previous checkpoint intact. On load every file
@@ -19,54 +22,104 @@ from pathlib import Path
 
 import torch
 
+from vitkit.engine import distributed as D
 from vitkit.errors import VitkitError
 from vitkit.io import atomic_write_bytes, atomic_write_json
 from vitkit.models.hub import check_state_dict, load_state_dict, save_state_dict
+from vitkit.registry import create_model
 
 CKPT_DIR = "checkpoint"
 LATEST = "latest.json"
 STEP_DIR = re.compile(r"step_\d{8}_b\d{6}")  # the only entries checkpoint cleanup may remove
+SHARDED_DIR = "dcp"
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def save_checkpoint(run_dir, model, ema, state: dict) -> Path:
-    """Write weights (safetensors) + optimizer/scheduler/RNG/progress state, then publish."""
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def _save_sharded(target: Path, model, optimizer) -> None:
+    """Every process writes its shards of the weights and the optimizer state (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(target / SHARDED_DIR))
+
+
+def save_checkpoint(run_dir, model, ema, state: dict, optimizer=None, info: D.DistInfo | None = None) -> Path:
+    """Write weights + optimizer/scheduler/RNG/progress state, then publish (call on every process).
+
+    ``model`` is the unwrapped module; ``state["rng"]`` is this process's RNG state. A sharded
+    (FSDP) model and its optimizer go through ``torch.distributed.checkpoint``.
+    """
+    info = info or D.DistInfo()
     root = Path(run_dir) / CKPT_DIR
     name = f"step_{state['global_step']:08d}_b{state['batch_in_epoch']:06d}"
     target = root / name
     target.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model.state_dict(), target / "model.safetensors", metadata={"format": "pt"})
-    if ema is not None:
-        save_state_dict(ema.module.state_dict(), target / "ema.safetensors", metadata={"format": "pt"})
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(target / "state.pt", buf.getvalue())
-    files = {p.name: _sha256(p) for p in sorted(target.iterdir()) if not p.name.startswith(".")}
-    manifest = {"dir": name, "files": files, "epoch": state["epoch"], "global_step": state["global_step"]}
+    sharded = D.is_sharded(model)
+    if sharded:
+        _save_sharded(target, model, optimizer)
+    elif optimizer is not None:
+        state = {**state, "optimizer": optimizer.state_dict()}
+    if info.is_main:
+        if not sharded:
+            save_state_dict(model.state_dict(), target / "model.safetensors", metadata={"format": "pt"})
+            if ema is not None:
+                save_state_dict(ema.module.state_dict(), target / "ema.safetensors", metadata={"format": "pt"})
+        atomic_write_bytes(target / "state.pt", _torch_bytes(state))
+    else:
+        atomic_write_bytes(target / _rng_file(info.rank), _torch_bytes(state["rng"]))
+    D.barrier(info)
+    if info.is_main:
+        _publish(root, target, state, sharded, info.world_size)
+    D.barrier(info)
+    return target
+
+
+def _publish(root: Path, target: Path, state: dict, sharded: bool, world_size: int) -> None:
+    files = {p.relative_to(target).as_posix(): _sha256(p) for p in sorted(target.rglob("*"))
+             if p.is_file() and not p.name.endswith(".tmp")}
+    manifest = {"dir": target.name, "files": files, "epoch": state["epoch"], "global_step": state["global_step"],
+                "format": "sharded" if sharded else "full", "world_size": world_size}
     atomic_write_json(root / LATEST, manifest)
     for old in root.iterdir():  # keep only the published checkpoint; touch nothing but step dirs
-        if old.name != name and STEP_DIR.fullmatch(old.name) and old.is_dir() and not old.is_symlink():
+        if old.name != target.name and STEP_DIR.fullmatch(old.name) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def has_checkpoint(run_dir) -> bool:
     return (Path(run_dir) / CKPT_DIR / LATEST).is_file()
 
 
-def _verified_dir(run_dir) -> tuple[Path, dict]:
+def _read_manifest(run_dir) -> tuple[Path, dict]:
     root = Path(run_dir) / CKPT_DIR
     latest = root / LATEST
     if not latest.is_file():
         raise VitkitError(f"no checkpoint in {run_dir} ({latest} missing); start a new run without --resume")
     try:
         manifest = json.loads(latest.read_text())
-        target, files = root / manifest["dir"], dict(manifest["files"])
+        return root / manifest["dir"], manifest
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise VitkitError(f"checkpoint index {latest} is corrupt ({exc}); delete the run dir and retrain") from None
+
+
+def _verify(target: Path, files: dict) -> None:
     for fname, digest in files.items():
         path = target / fname
         if not path.is_file() or _sha256(path) != digest:
@@ -74,12 +127,34 @@ def _verified_dir(run_dir) -> tuple[Path, dict]:
                 f"checkpoint file {path} is missing, corrupt or truncated (checksum mismatch); "
                 "nothing was loaded: delete the run dir and retrain"
             )
-    return target, files
 
 
-def load_checkpoint(run_dir, model, ema=None) -> dict:
-    """Verify every file, then load weights (strictly) and return the saved state dict."""
-    target, files = _verified_dir(run_dir)
+def _verified_dir(run_dir, info: D.DistInfo | None = None) -> tuple[Path, dict]:
+    """The checkpoint dir and its manifest, every file checked (by rank 0; all ranks agree)."""
+    info = info or D.DistInfo()
+    error = None
+    if info.is_main:
+        try:
+            target, manifest = _read_manifest(run_dir)
+            _verify(target, dict(manifest["files"]))
+        except VitkitError as exc:
+            error = exc
+    if D.any_rank(error is not None, info):
+        raise error or VitkitError(f"the checkpoint in {run_dir} failed verification on rank 0; see its message")
+    return _read_manifest(run_dir)
+
+
+def _load_state(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise VitkitError(f"cannot read {path} ({exc}); the checkpoint is corrupt") from None
+
+
+def _load_full(target: Path, files: dict, model, ema, optimizer, state: dict) -> None:
+    if "model.safetensors" not in files:
+        raise VitkitError(f"checkpoint {target} is sharded (parallel=fsdp); resume it with parallel=fsdp "
+                          "under torchrun, or export it with `vitkit export RUN_DIR --format pretrained`")
     weights = load_state_dict(target / "model.safetensors")
     check_state_dict(model, weights, str(target))
     ema_weights = None
@@ -89,11 +164,60 @@ def load_checkpoint(run_dir, model, ema=None) -> dict:
                 f"checkpoint {target} has no EMA weights but ema.enabled is on; resume with the run's config")
         ema_weights = load_state_dict(target / "ema.safetensors")
         check_state_dict(ema.module, ema_weights, str(target))
-    try:
-        state = torch.load(target / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise VitkitError(f"cannot read {target / 'state.pt'} ({exc}); the checkpoint is corrupt") from None
     model.load_state_dict(weights, strict=True)
     if ema_weights is not None:
         ema.module.load_state_dict(ema_weights, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+
+def _load_sharded(target: Path, model, optimizer) -> None:
+    """Every process reads its shards of the weights and the optimizer state (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not D.is_sharded(model):
+        raise VitkitError(f"checkpoint {target} is sharded (parallel=fsdp); resume it with parallel=fsdp "
+                          "under torchrun, or export it with `vitkit export RUN_DIR --format pretrained`")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(target / SHARDED_DIR))
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+
+
+def load_checkpoint(run_dir, model, ema=None, optimizer=None, info: D.DistInfo | None = None) -> dict:
+    """Verify every file, then load weights (strictly) and the optimizer; the saved state dict,
+    with ``state["rng"]`` this process's RNG state (call on every process)."""
+    info = info or D.DistInfo()
+    target, manifest = _verified_dir(run_dir, info)
+    files = dict(manifest["files"])
+    state = _load_state(target / "state.pt")
+    if manifest.get("format") == "sharded":
+        _load_sharded(target, model, optimizer)
+    else:
+        _load_full(target, files, model, ema, optimizer, state)
+    if not info.is_main and _rng_file(info.rank) in files:
+        state["rng"] = _load_state(target / _rng_file(info.rank))
     return state
+
+
+def export_pretrained(run_dir, out_dir) -> Path:
+    """The checkpoint's (raw, not EMA) weights as a plain ``save_pretrained`` dir, in one process;
+    sharded checkpoints included. Architecture, preprocessing and class names: the run's model."""
+    target, manifest = _verified_dir(run_dir)
+    model = create_model(Path(run_dir))
+    model.load_state_dict(_full_weights(target, manifest, model), strict=True)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def _full_weights(target: Path, manifest: dict, model) -> dict:
+    """All weights of ``model`` from a checkpoint dir, read without a process group."""
+    if manifest.get("format") != "sharded":
+        weights = load_state_dict(target / "model.safetensors")
+        check_state_dict(model, weights, str(target))
+        return weights
+    import torch.distributed.checkpoint as dcp
+
+    weights = {k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()}
+    dcp.load({"model": weights}, checkpoint_id=str(target / SHARDED_DIR), no_dist=True)
+    return weights

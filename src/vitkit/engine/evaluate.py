@@ -1,25 +1,18 @@
 """Evaluation: top-1/top-5, per-class accuracy and confusion matrix; pixel accuracy and mIoU."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.utils.data import DataLoader
 
-from vitkit.data.datasets import collate
+from vitkit.engine.device import autocast, to_device
+from vitkit.engine.distributed import DistInfo, ShardedBatches, all_reduce_, sharded_loader
 from vitkit.engine.losses import split_outputs
-from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_correct, update_confusion
+from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_hits, update_confusion
 
 
-def autocast(precision: str):
-    """bf16 autocast on CPU, or nothing."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def eval_loader(dataset, batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+def eval_loader(dataset, batch_size: int, workers: int = 0, info: DistInfo | None = None) -> DataLoader:
+    """In-order batches; under torchrun each process gets its share of them (no sample twice)."""
+    return sharded_loader(dataset, batch_size, info, workers)
 
 
 def dense_logits(logits: torch.Tensor, size) -> torch.Tensor:
@@ -29,33 +22,78 @@ def dense_logits(logits: torch.Tensor, size) -> torch.Tensor:
     return logits
 
 
+def _model_device(model) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Tensor:
+    """Update the confusion matrix and ``counts`` (top-5 hits, images); the batch's summed loss."""
+    counts[1] += len(target)
+    if task == "segmentation":
+        logits = dense_logits(logits, target.shape[-2:])
+        update_confusion(conf, logits.argmax(dim=1), target, ignore_index)
+        mean = torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index)
+        return mean.double() * len(target) if mean.device.type != "mps" else mean * len(target)
+    counts[0] += topk_hits(logits, target, (5,))[5]
+    update_confusion(conf, logits.argmax(dim=-1), target)
+    return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+
+
+def _lockstep(model, loader, done: int, device, precision: str) -> None:
+    """Extra forward passes (results unused) so that every rank runs ``rounds`` of them: a
+    sharded model gathers its weights collectively, in every forward pass of every rank."""
+    sampler = loader.batch_sampler
+    if not isinstance(sampler, ShardedBatches) or done >= sampler.rounds:
+        return
+    images = to_device(loader.dataset[0][0][None], device)  # (1, C, H, W)
+    for _ in range(sampler.rounds - done):
+        with autocast(precision, device):
+            model(images)
+
+
 @torch.no_grad()
-def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255,
-             precision: str = "fp32") -> dict:
-    """Metrics of ``model`` over ``loader`` plus the confusion matrix (rows = truth)."""
+def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255, precision: str = "fp32",
+             info: DistInfo | None = None, lockstep: bool = False) -> dict:
+    """Metrics of ``model`` over ``loader`` plus the confusion matrix (rows = truth).
+
+    Counts stay on the model's device. Under torchrun (``info``, a loader from
+    :func:`eval_loader`) every rank evaluates its batches and the counts are summed; per-batch
+    losses are summed in batch order, so the result equals a one-process evaluation exactly.
+    ``lockstep``: ranks with fewer batches run empty rounds (needed for a sharded model).
+    """
+    info = info or DistInfo()
+    device = _model_device(model)
     was_training = model.training
     model.eval()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    top5 = n = 0
-    loss_sum = 0.0
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    counts = torch.zeros(2, dtype=torch.long, device=device)  # top-5 hits, images
+    losses = []
     for images, target in loader:
-        with autocast(precision):
+        images, target = to_device(images, device), to_device(target, device)
+        with autocast(precision, device):
             logits, _ = split_outputs(model(images))
-        logits = logits.float()
-        if task == "segmentation":
-            logits = dense_logits(logits, target.shape[-2:])
-            loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index)
-            loss_sum += float(loss) * len(images)
-            update_confusion(conf, logits.argmax(dim=1), target, ignore_index)
-        else:
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-            top5 += topk_correct(logits, target, (5,))[5]
-            update_confusion(conf, logits.argmax(dim=-1), target)
-        n += len(images)
+        losses.append(_batch_metrics(logits.float(), target, task, conf, counts, ignore_index))
+    if lockstep:
+        _lockstep(model, loader, len(losses), device, precision)
     model.train(was_training)
+    per_batch = _per_batch_losses(losses, loader, device)
+    all_reduce_([conf, counts, per_batch], info)
+    top5, n = counts.tolist()
     out = segmentation_summary(conf) if task == "segmentation" else classification_summary(conf, top5, n)
-    out["loss"] = loss_sum / max(1, n)
+    out["loss"] = sum(per_batch.tolist()) / max(1, n)
     out["confusion"] = conf.tolist()
+    return out
+
+
+def _per_batch_losses(losses: list, loader, device) -> torch.Tensor:
+    """This rank's batch losses at their global batch positions (zeros elsewhere)."""
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    sampler = getattr(loader, "batch_sampler", None)
+    if not isinstance(sampler, ShardedBatches):
+        return torch.stack(losses).to(dtype) if losses else torch.zeros(0, dtype=dtype, device=device)
+    out = torch.zeros(sampler.num_batches, dtype=dtype, device=device)
+    if losses:
+        out[sampler.rank::sampler.world_size] = torch.stack(losses).to(dtype)
     return out
 
 

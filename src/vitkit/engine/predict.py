@@ -55,13 +55,14 @@ def predict_files(model, files: list[Path], top_k: int = 5,
     if batch_size < 1:
         raise VitkitError(f"batch size must be >= 1, got {batch_size}")
     model.eval()
+    device = model_device(model)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     results, failures = [], []
     for start in range(0, len(files), batch_size):
         loaded = _load_batch(files[start:start + batch_size], model.preprocess, failures)
         if not loaded:
             continue
-        probs = class_probs(model, torch.stack([x for _, x in loaded]), model.task)  # (B, K)
+        probs = class_probs(model, torch.stack([x for _, x in loaded]).to(device), model.task).cpu()  # (B, K)
         top = probs.topk(min(top_k, len(names), probs.shape[-1]), dim=-1)
         for (path, _), p, i in zip(loaded, top.values, top.indices, strict=True):
             if not torch.isfinite(p).all():

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from vitkit.config import apply_overrides, to_dict
 from vitkit.data import DataConfig
+from vitkit.engine.device import check_device_name
 from vitkit.errors import VitkitError
 from vitkit.io import atomic_write_json
 
@@ -73,13 +74,18 @@ class RunConfig:
     grad_accum: int = 1
     clip_grad: float | None = 1.0  # max global gradient norm; None = off
     label_smoothing: float = 0.0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds a GradScaler
+    channels_last: bool = False  # channels-last memory format for the model and the batches
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
+    fsdp_mixed_precision: bool = False  # fsdp + bf16/fp16: FSDP casts the weights instead of autocast
     seed: int = 0
-    deterministic: bool = True
+    deterministic: bool | Literal["auto"] = "auto"  # auto: on for cpu, off for cuda/mps
     workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     threads: int = 0  # torch intra-op threads per process (0 = torch's default)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    log_every: int = 50  # optimizer steps between reading the running loss/accuracy back to the host
     tensorboard: bool = True
     progress: bool = True
     out_dir: str = "runs/run"
@@ -87,6 +93,7 @@ class RunConfig:
     def validate(self) -> None:
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("grad_accum", self.grad_accum >= 1), ("eval_every", self.eval_every >= 1),
+                  ("log_every", self.log_every >= 1),
                   ("optim.lr", self.optim.lr > 0), ("ema.decay", 0.0 <= self.ema.decay < 1.0),
                   ("label_smoothing", 0.0 <= self.label_smoothing < 1.0),
                   ("distill.alpha", 0.0 <= self.distill.alpha <= 1.0), ("distill.tau", self.distill.tau > 0)]
@@ -95,6 +102,13 @@ class RunConfig:
                 raise VitkitError(f"{key}={_get(self, key)!r} is out of range; pick a valid value with --set {key}=...")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise VitkitError(f"clip_grad must be > 0 or none, got {self.clip_grad}")
+        check_device_name(self.device)
+        if self.parallel == "fsdp" and self.ema.enabled:
+            raise VitkitError("ema.enabled is not supported with parallel=fsdp (the EMA would be a full, "
+                              "unsharded copy on every process); turn one of them off")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise VitkitError("precision=fp16 is not supported with parallel=fsdp (its loss scaler would see only "
+                              "this process's shard of the gradients); use precision=bf16")
 
 
 def _get(cfg, dotted: str):

@@ -2,9 +2,10 @@
 
 The trainer only uses the registry and the backbone contract (``img_size``, ``in_chans``,
 ``num_classes`` in the config; logits (B, K) or (B, K, H, W) from ``forward``), so it
-trains any registered family. The data order and all randomness of epoch ``e`` are a pure
+trains any registered family. Device, precision and distribution are decided once, in
+:func:`train` and :func:`prepare`. The data order and all randomness of epoch ``e`` are a pure
 function of ``(seed, e, rank)``, which makes a resumed run bit-identical to an
-uninterrupted one.
+uninterrupted one wherever determinism is on.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from vitkit.data import DataBundle, build_data
 from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from vitkit.engine.device import device_rng_state, grad_scaler, set_determinism, set_device_rng_state
 from vitkit.engine.evaluate import eval_loader, evaluate, headline
 from vitkit.engine.logging import RunLogger
 from vitkit.engine.loop import StopFlag, train_one_epoch
@@ -32,8 +34,20 @@ from vitkit.engine.runlock import lock_run_dir
 from vitkit.errors import VitkitError
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_PREEMPTED = 75  # SIGTERM / SIGUSR1 (sysexits EX_TEMPFAIL: try again later, with --resume)
+
+
 class Interrupted(Exception):
     """Ctrl-C: a checkpoint was saved; the command exits with code 130."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class Preempted(Interrupted):
+    """SIGTERM or SIGUSR1 (cluster preemption / requeue): a checkpoint was saved; exit code 75."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 @dataclass
@@ -49,6 +63,7 @@ class Run:
     scheduler: Any
     ema: ModelEMA | None
     loss_fn: Any
+    scaler: torch.amp.GradScaler  # fp16 loss scaling (a pass-through otherwise)
     logger: RunLogger
     global_step: int = 0
     history: list = field(default_factory=list)
@@ -82,17 +97,23 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**63
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's RNG states: torch (CPU and ``device``), Python, NumPy."""
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+    if device is not None and device.type != "cpu":
+        state["device"] = device_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy(), *rest))
+    if device is not None and device.type != "cpu":
+        set_device_rng_state(state.get("device"), device)
 
 
 def resolve_data_config(cfg: RunConfig) -> RunConfig:
@@ -125,12 +146,12 @@ def build_model(cfg: RunConfig, bundle: DataBundle) -> torch.nn.Module:
     return model
 
 
-def load_teacher(cfg: RunConfig, bundle: DataBundle):
+def load_teacher(cfg: RunConfig, bundle: DataBundle, device: torch.device):
     if cfg.distill.teacher is None:
         return None
     from vitkit.registry import create_model
 
-    teacher = create_model(cfg.distill.teacher).eval()
+    teacher = create_model(cfg.distill.teacher).eval().to(device)
     if teacher.in_chans != bundle.in_chans or teacher.num_classes != bundle.num_classes:
         raise VitkitError(f"teacher {cfg.distill.teacher} expects {teacher.in_chans} channels / {teacher.num_classes} "
                           f"classes but the data has {bundle.in_chans} / {bundle.num_classes}; "
@@ -141,45 +162,62 @@ def load_teacher(cfg: RunConfig, bundle: DataBundle):
 
 
 def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
-    """Data, model, optimizer, schedule, EMA and loss for ``cfg`` (not yet resumed)."""
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    """Data, model (on ``info.device``, wrapped for the world), optimizer, schedule, EMA, loss."""
+    set_determinism(cfg.deterministic, info.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data)
-    model = build_model(cfg, bundle)
+    model = build_model(cfg, bundle).to(info.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     steps = -(-(len(bundle.train) // info.world_size // D.per_rank_batch(cfg.batch_size, info)) // cfg.grad_accum)
     if steps < 1:
         raise VitkitError(f"the training set ({len(bundle.train)} images) is smaller than one batch of "
                           f"{cfg.batch_size}; lower batch_size or use more data")
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.epochs)
     ema = ModelEMA(model, cfg.ema.decay) if cfg.ema.enabled else None
-    loss_fn = build_loss(bundle.task, cfg.label_smoothing, bundle.ignore_index, load_teacher(cfg, bundle), cfg.distill)
-    wrapped = D.wrap_model(model, info)
+    loss_fn = build_loss(bundle.task, cfg.label_smoothing, bundle.ignore_index, load_teacher(cfg, bundle, info.device),
+                         cfg.distill)
+    wrapped = D.wrap_model(model, info, cfg.parallel, cfg.precision, cfg.fsdp_mixed_precision)
+    optimizer = build_optimizer(model, cfg.optim)  # after wrapping: FSDP replaces the parameters by shards
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.epochs)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     logger = RunLogger(run_dir, cfg.tensorboard, enabled=info.is_main)
-    return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn, logger)
+    return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn,
+               grad_scaler(cfg.precision, info.device), logger)
+
+
+def publish_model(run: Run) -> None:
+    """RUN_DIR/model: the eval weights as a ``save_pretrained`` dir (rank 0 writes it; the shards
+    of a sharded model are gathered first, by every process)."""
+    model = run.eval_model()
+    if D.is_sharded(model):
+        plain = D.gathered_copy(model, run.info)
+        if plain is not None:  # rank 0
+            plain.preprocess, plain.class_names = model.preprocess, model.class_names
+        model = plain
+    if run.info.is_main:
+        model.save_pretrained(run.run_dir / "model")
 
 
 def save_state(run: Run, epoch: int, batch_in_epoch: int) -> None:
-    """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (rank 0 only)."""
-    if run.info.is_main:
-        run.eval_model().save_pretrained(run.run_dir / "model")
-        state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
-                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                 "rng": rng_state(), "history": json.dumps(run.history)}
-        save_checkpoint(run.run_dir, D.unwrap(run.model), run.ema, state)
-    D.barrier(run.info)
+    """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (every process)."""
+    publish_model(run)
+    state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
+             "scheduler": run.scheduler.state_dict(), "rng": rng_state(run.info.device),
+             "history": json.dumps(run.history)}
+    if run.scaler.is_enabled():
+        state["scaler"] = run.scaler.state_dict()
+    save_checkpoint(run.run_dir, D.unwrap(run.model), run.ema, state, run.optimizer, run.info)
 
 
 def restore(run: Run) -> tuple[int, int, dict | None]:
     """Load ``RUN_DIR/checkpoint`` into ``run``: (epoch, batch_in_epoch, rng state)."""
-    state = load_checkpoint(run.run_dir, D.unwrap(run.model), run.ema)
-    run.optimizer.load_state_dict(state["optimizer"])
+    state = load_checkpoint(run.run_dir, D.unwrap(run.model), run.ema, run.optimizer, run.info)
     run.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
     run.global_step = int(state["global_step"])
     run.history = json.loads(state["history"])
     return int(state["epoch"]), int(state["batch_in_epoch"]), state["rng"]
@@ -194,14 +232,11 @@ def epoch_row(run: Run, epoch: int, stats, metrics: dict | None) -> dict:
 
 
 def validate(run: Run) -> dict:
-    """Evaluate the eval weights on the validation set (rank 0; the others wait)."""
-    metrics = None
-    if run.info.is_main:
-        loader = eval_loader(run.bundle.val, run.cfg.eval_batch_size, run.cfg.workers)
-        metrics = evaluate(run.eval_model(), loader, run.task, run.bundle.num_classes, run.ignore_index,
-                           run.cfg.precision)
-    D.barrier(run.info)
-    return metrics
+    """Evaluate the eval weights on the validation set: each process its share, counts summed."""
+    model = run.eval_model()
+    loader = eval_loader(run.bundle.val, run.cfg.eval_batch_size, run.cfg.workers, run.info)
+    return evaluate(model, loader, run.task, run.bundle.num_classes, run.ignore_index, run.cfg.precision,
+                    run.info, lockstep=D.is_sharded(model))
 
 
 def print_epoch(run: Run, row: dict) -> None:
@@ -210,6 +245,13 @@ def print_epoch(run: Run, row: dict) -> None:
     val = "" if row["val_metric"] is None else f"  val_loss {row['val_loss']:.4f}  val {row['val_metric']:.4f}"
     print(f"epoch {row['epoch']}/{run.cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}{val}"
           f"  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s", flush=True)
+
+
+def stopped(run: Run, stop: StopFlag, where: str) -> Interrupted:
+    """The exception that ends a run stopped by a signal (after its checkpoint was saved)."""
+    preempted = D.any_rank(stop.preempted, run.info)
+    cls, what = (Preempted, "preempted") if preempted else (Interrupted, "interrupted")
+    return cls(f"{what} at {where}; checkpoint saved: continue with --resume {run.run_dir}")
 
 
 def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None = None) -> dict | None:
@@ -223,12 +265,11 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
             sampler.set_epoch(epoch)
             if start_batch and epoch == start_epoch:
                 sampler.skip = start_batch * loader.batch_size
-                set_rng_state(rng)
+                set_rng_state(rng, run.info.device)
             stats = train_one_epoch(run, loader, epoch, start_batch if epoch == start_epoch else 0, stop)
             if stats.interrupted:
                 save_state(run, epoch, stats.batches_done)
-                raise Interrupted(f"interrupted at epoch {epoch + 1}, batch {stats.batches_done}; "
-                                  f"checkpoint saved: continue with --resume {run.run_dir}")
+                raise stopped(run, stop, f"epoch {epoch + 1}, batch {stats.batches_done}")
             last = epoch + 1 == cfg.epochs
             metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
             run.validated_last = last
@@ -243,18 +284,19 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
 
 def finish(run: Run, metrics: dict | None) -> dict:
     """metrics.json and plots of the final eval weights (rank 0)."""
-    from vitkit.engine.report import write_report
+    from vitkit.engine.report import segmentation_examples, write_report
 
     if not run.validated_last:
         metrics = validate(run)
+    examples = segmentation_examples(run.eval_model(), run.bundle) if run.task == "segmentation" else None
     if run.info.is_main:
-        write_report(run, metrics)
+        write_report(run, metrics, examples)
     return metrics
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
     """Train ``cfg`` into ``cfg.out_dir`` (or continue it with ``resume``); final metrics."""
-    info = D.setup()
+    info = D.setup(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
         cfg = resolve_data_config(cfg)

@@ -140,18 +140,25 @@ def save_vit_explanation(exp: ViTExplanation, image: torch.Tensor, out_dir, labe
     return paths
 
 
-def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
-                  fusion: Fusion = "mean"):
-    """Explain one image file with a model name, save dir or run dir; optionally write PNGs.
+def _cpu(value):
+    """Tensors (also inside tuples) copied to the CPU, for plotting."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    return tuple(_cpu(v) for v in value) if isinstance(value, tuple) else value
 
-    Returns (explanation, list of written PNG paths).
+
+def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
+                  fusion: Fusion = "mean", device: torch.device | str = "cpu"):
+    """Explain one image file with a model name, save dir or run dir (run on ``device``);
+    optionally write PNGs. Returns (explanation with CPU tensors, list of written PNG paths).
     """
     from vitkit.data import load_image
     from vitkit.registry import create_model
 
     model = create_model(spec).eval()
     x = load_image(image_path, model.preprocess).unsqueeze(0)  # (1, C, H, W)
-    exp = explain(model, x, layers, fusion)
+    exp = explain(model.to(device), x.to(device), layers, fusion)
+    exp = type(exp)(*(_cpu(v) for v in exp))
     if out_dir is None:
         return exp, []
     image = model.preprocess.denormalize(x)[0]  # (C, H, W) in [0, 1]

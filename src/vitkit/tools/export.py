@@ -99,7 +99,7 @@ def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
     except Exception as exc:  # noqa: BLE001
         raise VitkitError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}; re-export it") from None
     name = session.get_inputs()[0].name
-    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
 
 
 def export_torch(model: nn.Module, path, example: torch.Tensor) -> Path:
@@ -122,7 +122,8 @@ def run_torch_export(path, x: torch.Tensor) -> torch.Tensor:
 def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
                  img_size: Sequence[int] | None = None, inputs: dict[int, torch.Tensor] | None = None
                  ) -> ExportResult:
-    """Export ``model`` and check the exported file against eager PyTorch on ``inputs``."""
+    """Export ``model`` (on its device) and check the exported file against eager PyTorch on
+    ``inputs`` (onnxruntime runs on the CPU)."""
     if fmt not in FORMATS:
         raise VitkitError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -138,6 +139,8 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
                           "or a read-only place); pick another --out") from None
     if path.is_dir():
         raise VitkitError(f"--out {path} is a directory; pass a file name such as {path / ('model' + SUFFIX[fmt])}")
+    device = next(model.parameters()).device
+    inputs = {b: x.to(device) for b, x in inputs.items()}
     example = max(inputs.values(), key=len)
     example = example if len(example) > 1 else example.repeat(2, 1, 1, 1)  # batch 1 would specialise
     writer, runner = (export_onnx, run_onnx) if fmt == "onnx" else (export_torch, run_torch_export)
@@ -149,8 +152,8 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
                           f"use --opset {DEFAULT_OPSET}")
     diffs = {}
     for b, x in inputs.items():
-        ref = _plain_output(model(x)).float()
-        got = runner(path, x).float()
+        ref = _plain_output(model(x)).float().cpu()
+        got = runner(path, x).float().cpu()
         if got.shape != ref.shape:
             raise VitkitError(f"exported {fmt} output has shape {tuple(got.shape)} for batch {b}, "
                               f"eager has {tuple(ref.shape)}; the batch axis did not stay dynamic")

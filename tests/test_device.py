@@ -1,0 +1,155 @@
+"""Device, precision and determinism: decided once, clear errors, fp16 loss scaling, no per-step sync."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vitkit import VitkitError
+from vitkit.cli import main
+from vitkit.engine import loop, trainer
+from vitkit.engine.checkpoint import load_checkpoint
+from vitkit.engine.device import CUBLAS_WORKSPACE, autocast, grad_scaler, resolve_device, set_determinism
+from vitkit.engine.distributed import DistInfo
+from vitkit.engine.run_config import RunConfig, resolve
+
+TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "96", "data.limit_val": "40",
+        "batch_size": "16", "epochs": "1", "tensorboard": "false", "progress": "false", "threads": "1",
+        "schedule.warmup_steps": "2", "optim.lr": "3e-3", "deterministic": "true"}
+MISSING_GPU = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (or any GPU on a CPU machine)
+
+
+def tiny_cfg(tmp_path, device: str, **extra) -> RunConfig:
+    sets = {**TINY, "device": device, "out_dir": str(tmp_path / "run"),
+            **{k.replace("__", "."): str(v) for k, v in extra.items()}}
+    return resolve(RunConfig(model="vit_test"), sets)
+
+
+def test_resolve_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(VitkitError, match="unknown device 'tpu'; use one of auto, cpu, cuda, cuda:N, mps"):
+        resolve_device("tpu")
+    with pytest.raises(VitkitError, match="cuda"):
+        resolve_device(MISSING_GPU)
+    if torch.cuda.is_available():
+        last = torch.cuda.device_count() - 1
+        assert resolve_device("cuda", local_rank=last) == torch.device("cuda", last)
+        assert resolve_device("auto", local_rank=last) == torch.device("cuda", last)
+    else:
+        with pytest.raises(VitkitError, match="not available.*--device cpu"):
+            resolve_device("cuda")
+    if torch.backends.mps.is_available():
+        assert resolve_device("mps").type == "mps"
+    else:
+        with pytest.raises(VitkitError, match="mps is not available"):
+            resolve_device("mps")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--model", "vit_test", "--out", "{tmp}/run"],
+    ["eval", "{tmp}/no_run"],
+    ["predict", "{tmp}/no_run", "{tmp}/x.png"],
+    ["explain", "vit_test", "{tmp}/x.png"],
+    ["export", "vit_test", "--out", "{tmp}/m.onnx"],
+    ["bench", "vit_test", "--iters", "1", "--warmup", "0"],
+])
+def test_missing_device_is_one_line_exit_2(argv, tmp_path, capsys):
+    """Every command with --device: a GPU that is not there is exit code 2 and one line."""
+    assert main([a.format(tmp=tmp_path) for a in argv] + ["--device", MISSING_GPU]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and MISSING_GPU.split(":")[0] in err and err.startswith(f"vitkit {argv[0]}: error:")
+    assert main([a.format(tmp=tmp_path) for a in argv] + ["--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_determinism_per_device():
+    """auto: on for CPU, off for CUDA; on for CUDA sets CUBLAS_WORKSPACE_CONFIG and cuDNN's mode."""
+    saved_env = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        assert set_determinism("auto", torch.device("cpu")) is True
+        assert torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert set_determinism("auto", torch.device("cuda")) is False
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert set_determinism(True, torch.device("cuda")) is True
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert set_determinism(False, torch.device("cpu")) is False and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        if saved_env is not None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved_env
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_and_scaler_follow_precision(device, precision, dtype):
+    dev = torch.device(device)
+    a, b = torch.randn(4, 8, device=dev), torch.randn(8, 3, device=dev)
+    with autocast(precision, dev):
+        assert (a @ b).dtype == dtype
+    with autocast("fp32", dev):
+        assert (a @ b).dtype == torch.float32
+    assert grad_scaler(precision, dev).is_enabled() == (precision == "fp16")
+    assert not grad_scaler("fp32", dev).is_enabled()
+
+
+def test_fp16_scaler_state_is_checkpointed(tmp_path, device):
+    """The GradScaler's scale travels in the checkpoint and comes back on resume."""
+    cfg = tiny_cfg(tmp_path, device, precision="fp16")
+    info = DistInfo(device=torch.device(device))
+    run = trainer.prepare(cfg, tmp_path / "run", info)
+    assert run.scaler.is_enabled()
+    run.scaler.scale(torch.ones((), device=info.device))  # the scale exists from the first use
+    run.scaler.update(new_scale=1024.0)
+    run.global_step = 3
+    trainer.save_state(run, 0, 3)
+    state = load_checkpoint(tmp_path / "run", trainer.D.unwrap(run.model))
+    assert state["scaler"]["scale"] == 1024.0
+    fresh = trainer.prepare(cfg, tmp_path / "run", info)
+    assert trainer.restore(fresh)[:2] == (0, 3)
+    assert fresh.scaler.get_scale() == 1024.0 and fresh.global_step == 3
+
+
+def test_channels_last_is_a_training_option(tmp_path, device):
+    cfg = tiny_cfg(tmp_path, device, channels_last="true", model__patch_size="2")
+    run = trainer.prepare(cfg, tmp_path / "run", DistInfo(device=torch.device(device)))
+    convs = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(p.device.type == device for p in run.model.parameters())
+    metrics = trainer.train(cfg)
+    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["n"] == 40
+
+
+def test_running_sums_are_read_at_log_intervals_only(tmp_path, device, monkeypatch):
+    """Loss and accuracy stay on the device between log intervals: 6 steps, log_every=4 ->
+    reads after step 4 and at the epoch's end. On CUDA any other host sync in the loop is an error."""
+    reads, original = [], loop._refresh
+
+    def counted(run, stats, sums, epoch, batches, bar):
+        reads.append(batches)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+        original(run, stats, sums, epoch, batches, bar)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(loop, "_refresh", counted)
+    cfg = tiny_cfg(tmp_path, device, log_every="4", eval_every="2", epochs="2")
+    run = trainer.prepare(cfg, tmp_path / "run", DistInfo(device=torch.device(device)))
+    loader, sampler = trainer.D.train_loader(run.bundle.train, cfg.batch_size, cfg.seed, run.info)
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = loop.train_one_epoch(run, loader, 0, 0, loop.StopFlag())
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+    assert reads == [4, 6] and stats.batches_done == 6 and run.global_step == 6
+    assert stats.count == 96 and 0 <= stats.correct <= 96 and stats.loss > 0
