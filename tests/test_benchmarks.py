@@ -114,3 +114,29 @@ def test_ablations_merge_pools_seeds(tmp_path):
     shapes, raw = _outputs(out, "ablations")
     assert shapes == [(8, len(ab.VARIANTS))] and raw["command"] == "run 0 && run 1"
     assert "60.00 ± 14.14 (n=2)" in (out / "ablations.md").read_text()
+
+
+def test_gpu_check_parses_reports_and_refuses_without_cuda(tmp_path, monkeypatch, capsys):
+    """What benchmarks/gpu_check.py does without a GPU: options, rows, the table, a clean refusal."""
+    import torch
+
+    gc = load("gpu_check")
+    args = gc.parse_args(["--parts", "bench", "tests", "--out", str(tmp_path), "--batch-size", "64"])
+    assert args.parts == ["bench", "tests"] and args.batch_size == 64 and args.budget == 480.0
+    with pytest.raises(SystemExit):
+        gc.parse_args(["--parts", "nope"])
+    timed = {"results": [{"label": "vitkit", "imgs_per_s": 3000.0}, {"label": "timm", "imgs_per_s": 2500.0}]}
+    rows = [gc.row("tests", "engine tests on cuda", "12 passed", 31.23, True),
+            gc.bench_row("vit_small_patch16_224", "bf16", 256, timed, 12.0, 0),
+            gc.bench_row("vit_base_patch16_224", "compile", 256, None, 3.0, 1),
+            gc.row("torchrun", "2 GPUs, NCCL", "skipped: 1 GPU on this machine", None, None)]
+    assert rows[1]["result"] == "vitkit 3000 img/s, timm 2500 img/s, ratio 1.20x"
+    assert rows[1]["setting"] == "vit_small_patch16_224, batch 256, bf16, inference vs timm"
+    assert [r["ok"] for r in rows] == [True, True, False, None] and rows[2]["result"] == "failed (exit 1)"
+    text = gc.table(rows)
+    assert table_shapes(text) == [(4, 4)] and "| 31.2 |" in text and text.rstrip().endswith("| - |")
+    assert gc.pytest_summary("F.\n3 passed, 1 failed, 10 deselected in 5.0s") == "3 passed, 1 failed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gc.main(["--out", str(tmp_path / "out")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "out").exists()
+

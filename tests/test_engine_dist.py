@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from vitkit import create_model
 from vitkit.engine import distributed as D
-from vitkit.engine import loop, trainer
+from vitkit.engine import trainer
 from vitkit.engine.checkpoint import export_pretrained
 from vitkit.engine.evaluate import eval_loader, evaluate
 from vitkit.engine.run_config import RunConfig, resolve

@@ -1,6 +1,8 @@
 """``vitkit bench MODEL``: images/s, step latency, peak memory, params, FLOPs, % of matmul peak."""
 from __future__ import annotations
 
+from vitkit.commands.options import add_device_option, device_of
+
 HELP = "benchmark inference/training speed, memory and FLOPs (optionally against timm, interleaved)"
 
 
@@ -21,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory step")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--peak-n", type=int, default=2048, help="side of the square matmul that measures the peak")
+    add_device_option(p)
 
 
 def _row(r, mem: bool) -> str:
@@ -55,17 +58,19 @@ def run(args) -> int:
 
     from vitkit.tools.bench import DTYPES, BenchConfig, matmul_peak, run_bench
 
+    device = device_of(args)
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
                       args.train, args.grad_ckpt, args.iters, args.warmup, compare=args.compare,
-                      memory=not args.no_memory)
+                      memory=not args.no_memory, device=str(device))
     cfg.validate()
-    peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n)
+    peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device)
     results = run_bench(cfg, peak)
-    peak = max(peak, matmul_peak(DTYPES[cfg.dtype], n=args.peak_n))  # best of before/after: load varies
+    peak = max(peak, matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device))  # best of before/after
     results = [r._replace(peak_fraction=r.achieved_flops / peak) for r in results]
     _print(cfg, results, peak)
     if args.json:
-        payload = {"config": dataclasses.asdict(cfg), "matmul_peak_flops": peak,
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        payload = {"config": dataclasses.asdict(cfg), "matmul_peak_flops": peak, "gpu": gpu,
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "results": [r._asdict() for r in results]}
         with open(args.json, "w") as fh:

@@ -75,13 +75,13 @@ def save_checkpoint(run_dir, model, ema, state: dict, optimizer=None, info: D.Di
     sharded = D.is_sharded(model)
     if sharded:
         _save_sharded(target, model, optimizer)
-    elif optimizer is not None:
-        state = {**state, "optimizer": optimizer.state_dict()}
     if info.is_main:
         if not sharded:
             save_state_dict(model.state_dict(), target / "model.safetensors", metadata={"format": "pt"})
             if ema is not None:
                 save_state_dict(ema.module.state_dict(), target / "ema.safetensors", metadata={"format": "pt"})
+            if optimizer is not None:
+                state = {**state, "optimizer": optimizer.state_dict()}
         atomic_write_bytes(target / "state.pt", _torch_bytes(state))
     else:
         atomic_write_bytes(target / _rng_file(info.rank), _torch_bytes(state["rng"]))
@@ -197,6 +197,7 @@ def load_checkpoint(run_dir, model, ema=None, optimizer=None, info: D.DistInfo |
         _load_full(target, files, model, ema, optimizer, state)
     if not info.is_main and _rng_file(info.rank) in files:
         state["rng"] = _load_state(target / _rng_file(info.rank))
+    state["saved_world_size"] = int(manifest.get("world_size", 1))
     return state
 
 

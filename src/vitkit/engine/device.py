@@ -58,6 +58,11 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
     return torch.device("cuda", index)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def use_device(device: torch.device) -> None:
     """Make ``device`` the current CUDA device (one process per GPU under torchrun)."""
     if device.type == "cuda":

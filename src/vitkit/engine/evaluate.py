@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from vitkit.engine.device import autocast, to_device
+from vitkit.engine.device import autocast, model_device, to_device
 from vitkit.engine.distributed import DistInfo, ShardedBatches, all_reduce_, sharded_loader
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_hits, update_confusion
@@ -20,10 +20,6 @@ def dense_logits(logits: torch.Tensor, size) -> torch.Tensor:
     if logits.shape[-2:] != tuple(size):
         logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits
-
-
-def _model_device(model) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Tensor:
@@ -62,7 +58,7 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
     ``lockstep``: ranks with fewer batches run empty rounds (needed for a sharded model).
     """
     info = info or DistInfo()
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)

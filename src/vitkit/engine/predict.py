@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from vitkit.engine.device import model_device
 from vitkit.engine.losses import split_outputs
 from vitkit.errors import VitkitError
 from vitkit.preprocess import Preprocess

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from vitkit.engine.evaluate import dense_logits
+from vitkit.engine.device import model_device
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.plots import plot_confusion, plot_curves, plot_segmentation
 from vitkit.io import atomic_write_json
@@ -32,7 +33,7 @@ def segmentation_examples(model, bundle, n: int = 4) -> tuple[torch.Tensor, torc
     items = [bundle.val[i] for i in range(min(n, len(bundle.val)))]
     images = torch.stack([x for x, _ in items])  # (n, C, H, W)
     masks = torch.stack([m for _, m in items])  # (n, H, W)
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     logits, _ = split_outputs(model(images.to(device)))

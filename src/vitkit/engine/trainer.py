@@ -33,7 +33,6 @@ from vitkit.engine.run_config import RunConfig, save_run_config
 from vitkit.engine.runlock import lock_run_dir
 from vitkit.errors import VitkitError
 
-
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_PREEMPTED = 75  # SIGTERM / SIGUSR1 (sysexits EX_TEMPFAIL: try again later, with --resume)
 
@@ -220,7 +219,11 @@ def restore(run: Run) -> tuple[int, int, dict | None]:
         run.scaler.load_state_dict(state["scaler"])
     run.global_step = int(state["global_step"])
     run.history = json.loads(state["history"])
-    return int(state["epoch"]), int(state["batch_in_epoch"]), state["rng"]
+    epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+    if batch and state["saved_world_size"] != run.info.world_size and run.info.is_main:
+        print(f"note: the checkpoint was written by {state['saved_world_size']} processes, this run has "
+              f"{run.info.world_size}: epoch {epoch + 1} continues with its data sharded the new way", flush=True)
+    return epoch, batch, state["rng"]
 
 
 def epoch_row(run: Run, epoch: int, stats, metrics: dict | None) -> dict:

@@ -35,6 +35,7 @@ from torch import nn
 
 from vitkit.data import DataConfig, build_data
 from vitkit.data.datasets import ArrayDataset
+from vitkit.engine.device import autocast, synchronize
 from vitkit.errors import VitkitError
 from vitkit.registry import create_model
 from vitkit.tools.flops import flops_of
@@ -43,29 +44,33 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 # ---------------------------------------------------------------- measurement
-def time_steps(step: Callable[[], object], iters: int, warmup: int) -> list[float]:
-    """Wall seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed calls."""
+def time_steps(step: Callable[[], object], iters: int, warmup: int, device: str = "cpu") -> list[float]:
+    """Wall seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed calls (on an
+    accelerator, each call is timed until its queued work has finished)."""
+    dev = torch.device(device)
     for _ in range(warmup):
         step()
+    synchronize(dev)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         step()
+        synchronize(dev)
         times.append(time.perf_counter() - t0)
     return times
 
 
 def interleaved_times(steps: list[Callable[[], object]], rounds: int, iters: int, warmup: int,
-                      before_round: Callable[[], None] = lambda: None) -> list[list[float]]:
+                      before_round: Callable[[], None] = lambda: None, device: str = "cpu") -> list[list[float]]:
     """Step times of each of ``steps``, run in turn (A, B, ..., A, B, ...) for ``rounds`` rounds of
     ``iters`` calls after ``warmup`` untimed calls each, so load from other jobs hits all alike."""
     for step in steps:
-        time_steps(step, 0, warmup)
+        time_steps(step, 0, warmup, device)
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(rounds):
         before_round()
         for step, acc in zip(steps, times, strict=True):
-            acc += time_steps(step, iters, 0)
+            acc += time_steps(step, iters, 0, device)
     return times
 
 
@@ -84,7 +89,15 @@ def _quiet_stderr():
 
 
 def peak_memory_bytes(step: Callable[[], object], device: str = "cpu") -> int:
-    """Peak bytes allocated by PyTorch on ``device`` during one call of ``step``."""
+    """Peak bytes allocated by PyTorch on ``device`` during one call of ``step`` (on CUDA: from
+    the caching allocator's statistics, beyond what was allocated before the step)."""
+    if torch.device(device).type == "cuda":
+        synchronize(torch.device(device))
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        synchronize(torch.device(device))
+        return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -99,18 +112,18 @@ def peak_memory_bytes(step: Callable[[], object], device: str = "cpu") -> int:
     return peak
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
-    """The machine's practical peak FLOP/s: best of ``reps`` large square matmuls (2 n^3 FLOPs);
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """The device's practical peak FLOP/s: best of ``reps`` large square matmuls (2 n^3 FLOPs);
     int8: ``torch._int_mm`` (int8 x int8 -> int32, the VNNI kernel), counted as int8 operations/s."""
     if dtype == torch.int8:
-        a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
         mm = torch._int_mm
     else:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         mm = torch.mm
     mm(a, b)  # warm-up (thread pool, kernel selection)
-    best = min(time_steps(lambda: mm(a, b), reps, 1))
+    best = min(time_steps(lambda: mm(a, b), reps, 1, device))
     return 2 * n**3 / best
 
 
@@ -131,6 +144,7 @@ class BenchConfig:
     compare: str | None = None
     memory: bool = True
     seed: int = 0
+    device: str = "cpu"  # a resolved torch device name: cpu, cuda:0, mps
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -140,6 +154,8 @@ class BenchConfig:
         if self.dtype == "int8" and (self.train or self.channels_last):
             raise VitkitError("int8 is for inference only (dynamic quantization of the Linear layers); "
                               "drop --train / --channels-last or use fp32 or bf16")
+        if self.dtype == "int8" and torch.device(self.device).type != "cpu":
+            raise VitkitError("int8 (dynamic quantization) runs on the CPU only; use --device cpu or fp32 / bf16")
         if self.compare not in (None, "timm"):
             raise VitkitError(f"cannot compare with '{self.compare}'; the only reference is 'timm'")
 
@@ -173,14 +189,13 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
                 return model(x)
         return infer
     n_cls = max(1, getattr(getattr(model, "config", None), "num_classes", 0) or 1)
-    target = torch.randint(0, n_cls, (x.shape[0],), generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, n_cls, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.dtype == "bf16"
-                else contextlib.nullcontext())
+    precision = "bf16" if cfg.dtype == "bf16" else "fp32"
 
     def train():
         opt.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast(precision, x.device):
             loss = _loss(model(x), target)
         loss.backward()
         opt.step()
@@ -191,7 +206,8 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
 def input_batch(model: nn.Module, cfg: BenchConfig) -> torch.Tensor:
     """Random images (B, C, H, W) at the (vitkit) model's input size, ``model.preprocess``."""
     pre = model.preprocess
-    return torch.randn(cfg.batch_size, pre.in_chans, *pre.img_size, generator=torch.Generator().manual_seed(cfg.seed))
+    x = torch.randn(cfg.batch_size, pre.in_chans, *pre.img_size, generator=torch.Generator().manual_seed(cfg.seed))
+    return x.to(cfg.device)
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:
@@ -235,7 +251,7 @@ def make_runner(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
     params = sum(p.numel() for p in plain.parameters())
 
     def finish(times: list[float]) -> BenchResult:
-        mem = peak_memory_bytes(step) if cfg.memory else None
+        mem = peak_memory_bytes(step, cfg.device) if cfg.memory else None
         t = statistics.median(times)
         return BenchResult(label, t, cfg.batch_size / t, mem, params, flops, flops / t, flops / t / peak_flops)
     return step, finish
@@ -269,18 +285,18 @@ def build_models(cfg: BenchConfig) -> list[tuple[str, nn.Module]]:
     models = [("vitkit", model)]
     if cfg.compare == "timm":
         models.append(("timm", timm_equivalent(model)))
-    return models
+    return [(label, m.to(cfg.device)) for label, m in models]
 
 
 def run_bench(cfg: BenchConfig, peak_flops: float | None = None) -> list[BenchResult]:
     """Benchmark the model (and its reference), interleaving rounds so load hits both alike."""
     cfg.validate()
-    peak_flops = peak_flops or matmul_peak(DTYPES[cfg.dtype])
+    peak_flops = peak_flops or matmul_peak(DTYPES[cfg.dtype], device=cfg.device)
     models = build_models(cfg)
     x = input_batch(models[0][1], cfg)
     runners = [make_runner(label, m, x, cfg, peak_flops) for label, m in models]
     times = interleaved_times([step for step, _ in runners], cfg.rounds, max(1, cfg.iters // cfg.rounds),
-                              cfg.warmup)
+                              cfg.warmup, device=cfg.device)
     return [finish(t) for (_, finish), t in zip(runners, times, strict=True)]
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from vitkit.engine.device import model_device
 from vitkit.errors import VitkitError
 from vitkit.io import make_dir
 
@@ -139,7 +140,7 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
                           "or a read-only place); pick another --out") from None
     if path.is_dir():
         raise VitkitError(f"--out {path} is a directory; pass a file name such as {path / ('model' + SUFFIX[fmt])}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs = {b: x.to(device) for b, x in inputs.items()}
     example = max(inputs.values(), key=len)
     example = example if len(example) > 1 else example.repeat(2, 1, 1, 1)  # batch 1 would specialise
