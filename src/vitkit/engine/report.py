@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from vitkit.engine.evaluate import dense_logits
 from vitkit.engine.device import model_device
+from vitkit.engine.evaluate import dense_logits
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.plots import plot_confusion, plot_curves, plot_segmentation
 from vitkit.io import atomic_write_json
