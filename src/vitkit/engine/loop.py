@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from vitkit.engine.device import autocast, to_device
@@ -107,8 +108,10 @@ class DeviceSums:
         """(summed over processes: loss, correct, counted; first bad batch; its loss here)."""
         sums, bad_at = self.sums.clone(), self.bad_at.clone()
         all_reduce_([sums], info)
-        all_reduce_([bad_at], info, op=torch.distributed.ReduceOp.MIN if info.enabled else None)
-        return sums.tolist(), int(bad_at), float(self.bad_loss) if int(self.bad_at) == int(bad_at) else float("nan")
+        all_reduce_([bad_at], info, op=dist.ReduceOp.MIN)
+        first_bad = int(bad_at)
+        here = float(self.bad_loss) if int(self.bad_at) == first_bad else float("nan")
+        return sums.tolist(), first_bad, here
 
 
 def batch_accuracy(logits: torch.Tensor, target: torch.Tensor, task: str, ignore_index: int):
