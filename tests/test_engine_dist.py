@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from vitkit import create_model
+from vitkit.cli import main
 from vitkit.engine import distributed as D
 from vitkit.engine import trainer
-from vitkit.engine.checkpoint import export_pretrained
 from vitkit.engine.evaluate import eval_loader, evaluate
 from vitkit.engine.run_config import RunConfig, resolve
 
@@ -137,7 +137,8 @@ def test_fsdp_two_processes_resume_exactly_and_export(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert json.loads((full / "metrics.json").read_text()) == json.loads((cut / "metrics.json").read_text())
-    exported = export_pretrained(cut, tmp_path / "exported")  # one process, no process group
+    exported = tmp_path / "exported"  # one process, no process group
+    assert main(["export", str(cut), "--format", "pretrained", "--out", str(exported)]) == 0
     c = load_file(exported / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], c[key]), key
@@ -152,6 +153,15 @@ def test_fsdp_two_processes_resume_exactly_and_export(tmp_path):
 def test_fsdp_refuses_what_it_cannot_do(sets, words):
     with pytest.raises(ValueError, match=words):
         resolve(RunConfig(model="vit_test"), sets)
+
+
+def test_one_gpu_index_for_many_processes_is_refused(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="use device=cuda"):
+        D.setup("cuda:0")
+    assert not torch.distributed.is_initialized()
 
 
 def test_shard_units_are_the_blocks():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,9 @@ def setup(device: str = "auto") -> DistInfo:
         use_device(dev)
         return DistInfo(device=dev)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if re.fullmatch(r"\s*cuda:\d+\s*", str(device).lower()) and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1:
+        raise VitkitError(f"device={device} would put every process of this machine on one GPU; under torchrun "
+                          "use device=cuda (each process takes cuda:LOCAL_RANK) or auto")
     dev = resolve_device(device, local_rank)
     use_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
