@@ -39,7 +39,7 @@ class _Outer:
     hi: float = 1.0
     checks: ClassVar[dict] = {"n": COUNT}
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.lo > self.hi:
             raise VitkitError(f"lo={self.lo} > hi={self.hi}")
 

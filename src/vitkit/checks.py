@@ -8,10 +8,13 @@ A config dataclass lists its ranges in a class attribute::
         betas: tuple[float, float] = (0.9, 0.999)
         checks: ClassVar[dict] = {"lr": POSITIVE, "betas": each(UNIT_OPEN, length=2)}
 
-and may define ``validate(self)`` for rules that relate several fields. :func:`check_config`
-runs both over a config and every config nested in it; :func:`vitkit.config.apply_overrides`
-(and so ``from_dict``, ``--set`` and ``create_model(**overrides)``) calls it on every config
-it returns, so a bad value is one line before any work starts.
+and may define ``check(self)`` for rules that relate several fields. Fields that every model
+family shares by name (``img_size``, ``depth``, ``num_heads``, ``*_rate``, ...) get their
+range from :data:`NAME_RULES` unless the class declares its own, so all model configs are
+checked alike. :func:`check_config` runs all of these over a config and every config nested
+in it; :func:`vitkit.config.apply_overrides` (and so ``from_dict``, ``--set`` and
+``create_model(**overrides)``) calls it on every config it returns, so a bad value is one
+line before any work starts.
 """
 from __future__ import annotations
 
@@ -90,13 +93,32 @@ UNIT_OPEN = number(0, 1, hi_open=True)  # betas, decays, smoothing
 COUNT = number(1, integer=True)  # sizes, depths, epochs
 NON_NEGATIVE_INT = number(0, integer=True)
 SIDE = number(1, MAX_IMG_SIZE, integer=True)
+SEED = number(0, 2**63 - 1, integer=True)
 IMG_SIZE = Rule(lambda v: SIDE(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(SIDE(x) for x in v)),
                 f"must be an integer in [1, {MAX_IMG_SIZE}] or a pair (H, W) of them")
 
 
+# The fields model families share, by name (a class's own ``checks`` take precedence).
+NAME_RULES: dict[str, Rule] = {
+    "img_size": IMG_SIZE, "in_chans": COUNT, "num_classes": COUNT, "embed_dim": COUNT, "depth": COUNT,
+    "num_heads": COUNT, "patch_size": COUNT, "mlp_ratio": POSITIVE, "norm_eps": POSITIVE,
+    "drop_rate": UNIT_OPEN, "attn_drop_rate": UNIT_OPEN, "drop_path_rate": UNIT_OPEN,
+    "init_values": optional(POSITIVE), "hybrid_stages": COUNT, "conv_stem": each(COUNT),
+    "base_width": COUNT, "num_modules": optional(COUNT), "fpn_dim": COUNT, "head_dim": COUNT,
+    "decoder_dim": COUNT, "num_tokens": COUNT, "token_channels": optional(COUNT), "pos_grid": COUNT,
+    "pos_channels": COUNT, "qk_ratio": POSITIVE, "ffn_ratio": POSITIVE,
+}
+
+
+def _rules(cfg: Any) -> dict[str, Rule]:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return {**{n: r for n, r in NAME_RULES.items() if n in names}, **getattr(type(cfg), "checks", {})}
+
+
 def check_config(cfg: Any, prefix: str = "") -> None:
-    """Check ``cfg``'s declared ranges and ``validate()``, then every nested config's."""
-    for name, rule in getattr(type(cfg), "checks", {}).items():
+    """Check ``cfg``'s ranges (its ``checks``, then :data:`NAME_RULES`) and ``check()``, then every
+    nested config's; the first bad value is one VitkitError line naming its dotted key."""
+    for name, rule in _rules(cfg).items():
         value = getattr(cfg, name)
         if not rule(value):
             raise VitkitError(f"{prefix}{name}={_show(value)} is out of range ({rule.text}); "
@@ -105,9 +127,9 @@ def check_config(cfg: Any, prefix: str = "") -> None:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_config(value, f"{prefix}{f.name}.")
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    check = getattr(cfg, "check", None)
+    if callable(check):
+        check()
 
 
 def _show(value: Any) -> str:

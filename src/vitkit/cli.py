@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from vitkit.errors import VitkitError
+from vitkit.errors import VitkitError, printable
 
 COMMANDS = ("train", "eval", "predict", "models", "flops", "explain", "export", "bench")
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except VitkitError as exc:
-        print(f"vitkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vitkit {args.command}: error: {printable(str(exc))}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print(f"vitkit {args.command}: interrupted", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 One source of truth: a model or recipe is a dataclass; presets are instances of it;
 the CLI and ``create_model(**overrides)`` both go through :func:`apply_overrides`,
-which rejects unknown fields (naming close matches) and values of the wrong type.
+which rejects unknown fields (naming close matches), values of the wrong type and values
+outside the ranges a config declares (:mod:`vitkit.checks`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from vitkit.checks import check_config
 from vitkit.errors import VitkitError
 
 
@@ -119,7 +121,9 @@ def apply_overrides(cfg, overrides: Mapping[str, Any], prefix: str = ""):
             changes[head] = coerce(value, types_[head], prefix + head)
     for head, sub in nested.items():
         changes[head] = apply_overrides(getattr(cfg, head), sub, prefix=f"{prefix}{head}.")
-    return dataclasses.replace(cfg, **changes)
+    result = dataclasses.replace(cfg, **changes)
+    check_config(result, prefix)  # the declared value ranges (vitkit.checks)
+    return result
 
 
 def parse_set_args(pairs) -> dict[str, str]:

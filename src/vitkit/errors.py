@@ -22,6 +22,13 @@ def _original_message(message: str, class_name: str) -> str:
     return message
 
 
+def printable(text: str) -> str:
+    """``text`` on one line: control characters (newlines, tabs, escapes) shown as escapes (``\\n``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class VitkitError(ValueError):
     """A user-facing error: one line, names the problem and the fix.
 

@@ -32,7 +32,14 @@ from vitkit.models.catalog import (
     register_model,
     register_presets,
 )
-from vitkit.models.hub import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_dir, load_weights, read_metadata
+from vitkit.models.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_class_names,
+    is_pretrained_dir,
+    load_weights,
+    read_metadata,
+)
 from vitkit.preprocess import Preprocess
 
 __all__ = ["ModelEntry", "ModelSource", "RESOLVERS", "create_model", "family_class", "get_config", "get_entry",
@@ -129,9 +136,25 @@ def create_model(spec, pretrained=None, **overrides):
                           "or a .safetensors file")
     model = source.cls(apply_overrides(source.config, overrides))
     if weights.weights is not None:
-        load_weights(model, weights.weights)
-        _carry_metadata(model, weights.meta)
+        _carry_metadata(model, _load_verified(model, weights))
     return model
+
+
+def _load_verified(model, source: ModelSource) -> dict:
+    """Load ``source``'s weights into ``model``, checked against the SHA-256 its config.json
+    records; its metadata. A save that replaced the weights between our reads of config.json
+    and model.safetensors (a training run publishing an epoch) is read again, once."""
+    try:
+        load_weights(model, source.weights, source.meta.get("weights_sha256"))
+        return source.meta
+    except VitkitError:
+        if not source.meta or not is_pretrained_dir(source.weights.parent):
+            raise
+        fresh = read_metadata(source.weights.parent)
+        if fresh.get("weights_sha256") == source.meta.get("weights_sha256"):
+            raise
+    load_weights(model, source.weights, fresh.get("weights_sha256"))
+    return fresh
 
 
 def _carry_metadata(model, meta: dict) -> None:
@@ -142,4 +165,9 @@ def _carry_metadata(model, meta: dict) -> None:
     saved = {**saved, "img_size": model.config.img_size, "in_chans": model.config.in_chans}
     model.preprocess = Preprocess.from_dict(saved, model.config)
     names = meta.get("class_names")
+    check_class_names(names, model.num_classes, "the model's config.json")
+    task = meta.get("task")
+    if task is not None and task != model.task:
+        raise VitkitError(f"the model's config.json says task '{task}' but a {type(model).__name__} does {model.task}; "
+                          "fix 'task' or remove it")
     model.class_names = list(names) if names else None

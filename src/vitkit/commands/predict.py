@@ -18,8 +18,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vitkit.engine.predict import expand_inputs, format_predictions, predict_files, printable
-    from vitkit.errors import VitkitError
+    from vitkit.engine.predict import expand_inputs, format_predictions, predict_files
+    from vitkit.errors import VitkitError, printable
     from vitkit.registry import create_model, resolve
 
     device = device_of(args)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from vitkit.checks import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, SIDE, number, optional
 from vitkit.preprocess import Preprocess
 
 DATASETS = ("digits", "fashion-mnist", "imagefolder", "seg-canvas", "seg-folder")
@@ -35,6 +37,14 @@ class DataConfig:
     canvas_items: int = 3
     canvas_train_size: int = 6000  # number of generated training canvases
     canvas_val_size: int = 1000
+
+    checks: ClassVar[dict] = {
+        "img_size": optional(SIDE), "val_fraction": number(0, 1, lo_open=True, hi_open=True), "seed": SEED,
+        "crop_padding": NON_NEGATIVE_INT, "randaugment_ops": NON_NEGATIVE_INT,
+        "randaugment_magnitude": number(0, 30, integer=True), "mixup_alpha": NON_NEGATIVE,
+        "cutmix_alpha": NON_NEGATIVE, "limit_train": optional(COUNT), "limit_val": optional(COUNT),
+        "canvas_size": SIDE, "canvas_items": COUNT, "canvas_train_size": COUNT, "canvas_val_size": COUNT,
+    }
 
 
 @dataclass

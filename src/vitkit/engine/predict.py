@@ -8,7 +8,7 @@ import torch
 
 from vitkit.engine.device import model_device
 from vitkit.engine.losses import split_outputs
-from vitkit.errors import VitkitError
+from vitkit.errors import VitkitError, printable
 from vitkit.preprocess import Preprocess
 
 
@@ -84,13 +84,6 @@ def _load_batch(paths: list[Path], pre: Preprocess, failures: list[Failure]) -> 
         except (VitkitError, OSError) as exc:
             failures.append(Failure(str(path), str(exc)))
     return loaded
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (newlines, tabs, escapes) shown as escapes: one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def format_predictions(results: list[Prediction], fmt: str) -> str:

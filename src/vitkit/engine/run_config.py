@@ -11,8 +11,20 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from vitkit.checks import (
+    COUNT,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    SEED,
+    UNIT,
+    UNIT_OPEN,
+    check_config,
+    each,
+    optional,
+)
 from vitkit.config import apply_overrides, to_dict
 from vitkit.data import DataConfig
 from vitkit.engine.device import check_device_name
@@ -31,6 +43,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
+    checks: ClassVar[dict] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": each(UNIT_OPEN, length=2),
+                              "eps": POSITIVE}
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -40,6 +55,9 @@ class ScheduleConfig:
     warmup_steps: int | None = None  # overrides warmup_epochs when set
     min_lr_ratio: float = 0.01
 
+    checks: ClassVar[dict] = {"warmup_epochs": NON_NEGATIVE, "warmup_steps": optional(NON_NEGATIVE_INT),
+                              "min_lr_ratio": UNIT}
+
 
 @dataclass(frozen=True)
 class EMAConfig:
@@ -47,6 +65,8 @@ class EMAConfig:
 
     enabled: bool = False
     decay: float = 0.999
+
+    checks: ClassVar[dict] = {"decay": UNIT_OPEN}
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,8 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the distillation term
     tau: float = 1.0  # temperature (soft distillation)
     kind: Literal["hard", "soft"] = "hard"
+
+    checks: ClassVar[dict] = {"alpha": UNIT, "tau": POSITIVE}
 
 
 @dataclass(frozen=True)
@@ -90,18 +112,16 @@ class RunConfig:
     progress: bool = True
     out_dir: str = "runs/run"
 
+    checks: ClassVar[dict] = {
+        "epochs": COUNT, "batch_size": COUNT, "eval_batch_size": COUNT, "grad_accum": COUNT,
+        "clip_grad": optional(POSITIVE), "label_smoothing": UNIT_OPEN, "seed": SEED, "workers": NON_NEGATIVE_INT,
+        "threads": NON_NEGATIVE_INT, "eval_every": COUNT, "log_every": COUNT,
+    }
+
     def validate(self) -> None:
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("grad_accum", self.grad_accum >= 1), ("eval_every", self.eval_every >= 1),
-                  ("log_every", self.log_every >= 1),
-                  ("optim.lr", self.optim.lr > 0), ("ema.decay", 0.0 <= self.ema.decay < 1.0),
-                  ("label_smoothing", 0.0 <= self.label_smoothing < 1.0),
-                  ("distill.alpha", 0.0 <= self.distill.alpha <= 1.0), ("distill.tau", self.distill.tau > 0)]
-        for key, ok in checks:
-            if not ok:
-                raise VitkitError(f"{key}={_get(self, key)!r} is out of range; pick a valid value with --set {key}=...")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise VitkitError(f"clip_grad must be > 0 or none, got {self.clip_grad}")
+        """Every declared range of the run config and of the configs nested in it, then the
+        combinations that no single range can express."""
+        check_config(self)
         check_device_name(self.device)
         if self.parallel == "fsdp" and self.ema.enabled:
             raise VitkitError("ema.enabled is not supported with parallel=fsdp (the EMA would be a full, "
@@ -109,12 +129,6 @@ class RunConfig:
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise VitkitError("precision=fp16 is not supported with parallel=fsdp (its loss scaler would see only "
                               "this process's shard of the gradients); use precision=bf16")
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
