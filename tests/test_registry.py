@@ -116,7 +116,7 @@ def test_forward_intermediates(name):
     model = build(name).eval()
     x = _input(model)
     n = len(model.feature_info)
-    maps = model.forward_intermediates(x, list(range(n)))
+    maps = model.forward_intermediates(x, list(range(n)), intermediates_only=True)
     assert len(maps) == n
     h, w = to_2tuple(model.config.img_size)
     for fmap, info in zip(maps, model.feature_info, strict=True):

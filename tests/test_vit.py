@@ -85,7 +85,7 @@ def test_any_divisible_size_and_non_square_at_call_time():
     model = vitkit.create_model("vit_test").eval()
     for h, w in [(16, 16), (32, 16), (8, 24)]:
         assert model(torch.randn(1, 3, h, w)).shape == (1, 5)
-    maps = model.forward_intermediates(torch.randn(1, 3, 32, 16), [-1])
+    maps = model.forward_intermediates(torch.randn(1, 3, 32, 16), [-1], intermediates_only=True)
     assert maps[0].shape == (1, 32, 8, 4)
 
 

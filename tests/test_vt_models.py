@@ -39,7 +39,7 @@ def test_resnet_matches_torchvision_layout():
 def test_vt_resnet_paper_structure(depth, modules):
     with torch.device("meta"):
         model = vitkit.create_model(f"vt_resnet{depth}").eval()
-        maps = model.forward_intermediates(_x(model, 1, device="meta"), [2, 3])
+        maps = model.forward_intermediates(_x(model, 1, device="meta"), [2, 3], intermediates_only=True)
         tokens = model.forward_features(_x(model, 1, device="meta"))
     channels = 256 if depth < 50 else 1024
     assert not hasattr(model.trunk, "layer4")

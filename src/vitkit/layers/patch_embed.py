@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 from vitkit.errors import VitkitError
@@ -17,6 +18,8 @@ def patch_grid(h: int, w: int, patch: tuple[int, int], what: str) -> tuple[int, 
                           f"resize or crop the images to a multiple of {ph}")
     return h // ph, w // pw
 
+
+torch.fx.wrap("patch_grid")  # traced as one call: checked on the real image size when the graph runs
 
 class PatchEmbed(nn.Module):
     """Split (B, C, H, W) into p x p patches and project each to D: a stride-p convolution.
@@ -34,7 +37,7 @@ class PatchEmbed(nn.Module):
         return patch_grid(h, w, self.patch_size, "the patch size")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        grid = self.grid(*x.shape[-2:])
+        grid = self.grid(x.shape[-2], x.shape[-1])
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
@@ -65,7 +68,7 @@ class HybridEmbed(nn.Module):
         return patch_grid(h, w, self.patch_size, what)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        self.grid(*x.shape[-2:])
+        self.grid(x.shape[-2], x.shape[-1])
         return self.patch(self.backbone(x))  # (B, N, D), grid
 
 
@@ -96,4 +99,4 @@ class ConvStemEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.stem(x)  # (B, D, gh, gw)
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])  # (B, N, D)
+        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])  # (B, N, D)

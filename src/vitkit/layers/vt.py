@@ -3,6 +3,9 @@
 Notation: X (B, HW, C) is a flattened feature map, T (B, L, C_T) are L visual tokens.
 Each VT module = tokenizer (+ position encoding) + transformer + projector.
 
+Shape checks, the pooling matrix and einops' ``rearrange`` are recorded by ``torch.fx`` as single
+calls (``torch.fx.wrap``), so ``torch.fx.symbolic_trace`` traces the VT modules.
+
 Every attention here is formed explicitly (L is small) and, as in the equations, without
 a 1/sqrt(d) scale. Set ``capture = True`` on a layer to keep its last attention map,
 detached, in ``last_attn``:
@@ -19,11 +22,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.layers.helpers import maybe_checkpoint
+
+torch.fx.wrap("rearrange")  # einops needs real tensors; traced as one call
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,17 @@ def check_features(x: torch.Tensor, channels: int, who: str) -> None:
     if x.ndim != 3 or x.shape[-1] != channels:
         raise VitkitError(f"{who} expects a flattened feature map (B, HW, {channels}) but got shape "
                           f"{tuple(x.shape)}; feed the backbone stage with {channels} channels")
+
+
+def check_map(x: torch.Tensor, channels: int, who: str) -> None:
+    """A feature map must be (B, C, H, W) with the channel count the layer was built for."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise VitkitError(f"{who} expects a feature map (B, {channels}, H, W) but got {tuple(x.shape)}; "
+                          f"feed the backbone stage with {channels} channels")
+
+
+torch.fx.wrap("check_features")  # traced as calls: the checks run on the real shapes
+torch.fx.wrap("check_map")
 
 
 class _Capture(nn.Module):
@@ -134,6 +152,9 @@ def pooling_matrix(size: tuple[int, int], grid: tuple[int, int], like: torch.Ten
     ph = F.adaptive_avg_pool1d(torch.eye(h, dtype=like.dtype, device=like.device)[:, None], gh)[:, 0]  # (H, gh)
     pw = F.adaptive_avg_pool1d(torch.eye(w, dtype=like.dtype, device=like.device)[:, None], gw)[:, 0]  # (W, gw)
     return torch.einsum("yi,xj->yxij", ph, pw).reshape(h * w, gh * gw)
+
+
+torch.fx.wrap("pooling_matrix")  # built from the map size, known when the traced graph runs
 
 
 class PoolingTokenizer(_Capture):
@@ -272,9 +293,7 @@ class VTModule(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W), T_in -> (B, C, H, W), T_out (B, L, C_T)."""
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise VitkitError(f"VTModule expects a feature map (B, {self.channels}, H, W) but got "
-                              f"{tuple(x.shape)}; feed the backbone stage with {self.channels} channels")
+        check_map(x, self.channels, "VTModule")
         h, w = x.shape[-2:]
         xf = rearrange(x, "b c h w -> b (h w) c")  # (B, HW, C)
         t = self.tokenize(xf, (h, w), tokens)
@@ -285,12 +304,21 @@ class VTModule(nn.Module):
 
 
 class VTStack(nn.ModuleList):
-    """VT modules applied in turn, tokens passed on: (B, C, H, W) -> map, tokens (B, L, C_T)."""
+    """VT modules applied in turn, tokens passed on: (B, C, H, W) -> map, tokens (B, L, C_T).
+    With ``grad_checkpointing`` set, each module is recomputed in the backward pass."""
+
+    grad_checkpointing = False
+
+    def states(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(map, tokens) after each module."""
+        outs = []
+        for module in self:
+            x, tokens = maybe_checkpoint(module, x, tokens, enable=self.grad_checkpointing)
+            outs.append((x, tokens))
+        return outs
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        for module in self:
-            x, tokens = module(x, tokens)
-        return x, tokens
+        return self.states(x, tokens)[-1]
 
 
 def vt_stack(channels: int, cfg: VTConfig, num_modules: int, last_projector: bool = True) -> VTStack:

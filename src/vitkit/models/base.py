@@ -3,8 +3,12 @@
     forward(x)                       = forward_head(forward_features(x))
     forward_features(x)              -> the backbone's features (tokens or a feature map)
     forward_head(feats, pre_logits)  -> logits (B, num_classes), or pooled (B, num_features)
-    forward_intermediates(x, idx)    -> list of NCHW maps, for dense heads
-    feature_info                     -> channels and stride of each intermediate
+    forward_intermediates(x, ...)    -> (final features, [layer outputs]) as in timm: NCHW maps
+                                        (or NLC tokens) of the layers ``feature_info`` lists
+    feature_info                     -> channels, stride and module name of each of those layers
+    hidden_states(x)                 -> every layer's output, the embedding (stem) output first
+    prune_intermediate_layers(idx)   -> drop the layers after the last one asked for, and the head
+    set_grad_checkpointing(enable)   -> recompute the layers' activations in the backward pass
 
 Every config has ``img_size``, ``in_chans`` and ``num_classes``; the model keeps it as
 ``model.config`` so that ``save_pretrained`` writes a self-describing directory, together
@@ -13,6 +17,9 @@ with what the model carries about its inputs and outputs:
     preprocess                       -> Preprocess (size, channels, mean/std, interpolation, crop)
     class_names                      -> names of the outputs, or None
     task                             -> "classification" or "segmentation"
+
+Input checks are plain functions that ``torch.fx`` records as calls (``torch.fx.wrap``): a traced
+model keeps them, and they run on the real shapes when the traced graph runs.
 """
 from __future__ import annotations
 
@@ -21,19 +28,86 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.fx
 from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.models import hub
 from vitkit.preprocess import Preprocess
 
+OUTPUT_FORMATS = ("NCHW", "NLC")
+Indices = Sequence[int] | int | None
+
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One intermediate output: its channel count and its stride w.r.t. the input."""
+    """One intermediate output: its channel count, its stride w.r.t. the input, and the name of
+    the submodule that produces it (``model.get_submodule(module)``)."""
 
     channels: int
     reduction: int
+    module: str = ""
+
+
+class FeatureInfoList(list):
+    """``model.feature_info``: a list of :class:`FeatureInfo` that also answers timm's questions.
+
+    ``channels()``, ``reduction()`` and ``module_name()`` give the value of every entry, or of
+    the entry (or entries) at ``idx``; slicing gives a FeatureInfoList.
+    """
+
+    def channels(self, idx: Indices = None):
+        return self._field("channels", idx)
+
+    def reduction(self, idx: Indices = None):
+        return self._field("reduction", idx)
+
+    def module_name(self, idx: Indices = None):
+        return self._field("module", idx)
+
+    def _field(self, name: str, idx: Indices):
+        if isinstance(idx, int):
+            return getattr(self[idx], name)
+        return [getattr(self[i], name) for i in (range(len(self)) if idx is None else idx)]
+
+    def __getitem__(self, idx):
+        out = super().__getitem__(idx)
+        return FeatureInfoList(out) if isinstance(idx, slice) else out
+
+
+def check_image(x: torch.Tensor, in_chans: int, min_size: int, who: str) -> None:
+    """Raise a clear error for a wrongly shaped batch (instead of a deep torch error)."""
+    if x.ndim != 4:
+        raise VitkitError(f"{who} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise VitkitError(f"{who} was built for {in_chans}-channel images but got {x.shape[1]} channels; "
+                          f"convert the images or build the model with in_chans={x.shape[1]}")
+    if min(x.shape[-2:]) < min_size:
+        raise VitkitError(f"image size {tuple(x.shape[-2:])} is too small for {who}: it needs at least "
+                          f"{min_size}x{min_size} pixels")
+
+
+torch.fx.wrap("check_image")  # traced as one call: the check runs on the real input shape
+
+
+def take_indices(indices: Indices, n: int) -> list[int]:
+    """timm's convention for ``indices`` over ``n`` layers: None = all, an int k = the last k, a
+    sequence = those layers (negative = from the end). Returns sorted absolute indices."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 1 <= indices <= n:
+            raise VitkitError(f"indices={indices} asks for the last {indices} layers, but there are {n}")
+        return list(range(n - indices, n))
+    out = set()
+    for i in indices:
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise VitkitError(f"intermediate index {i} out of range for {n} layers (0..{n - 1} or -{n}..-1)")
+        out.add(j)
+    if not out:
+        raise VitkitError("indices is empty; pass None (all layers), an int (the last k) or a list of layers")
+    return sorted(out)
 
 
 class VitkitModel(nn.Module):
@@ -41,7 +115,8 @@ class VitkitModel(nn.Module):
     config_cls: ClassVar[type]
     task: ClassVar[str] = "classification"
     config: Any
-    feature_info: list[FeatureInfo]
+    feature_info: FeatureInfoList
+    token_layers: ClassVar[bool] = False  # feature_info layers make tokens (output_fmt="NLC" possible)
     num_features: int
     grad_checkpointing: bool = False
     class_names: list[str] | None = None
@@ -66,20 +141,7 @@ class VitkitModel(nn.Module):
 
     def check_input(self, x: torch.Tensor, min_size: int = 1) -> None:
         """Raise a clear error for a wrongly shaped batch (instead of a deep torch error)."""
-        if x.ndim != 4:
-            raise VitkitError(
-                f"{type(self).__name__} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_chans:
-            raise VitkitError(
-                f"{type(self).__name__} was built for {self.in_chans}-channel images but got "
-                f"{x.shape[1]} channels; convert the images or build the model with in_chans={x.shape[1]}"
-            )
-        if min(x.shape[-2:]) < min_size:
-            raise VitkitError(
-                f"image size {tuple(x.shape[-2:])} is too small for {type(self).__name__}: "
-                f"it needs at least {min_size}x{min_size} pixels"
-            )
+        check_image(x, self.in_chans, min_size, type(self).__name__)
 
     def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))
@@ -90,12 +152,51 @@ class VitkitModel(nn.Module):
     def forward_head(self, feats, pre_logits: bool = False):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None):
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """timm's ``forward_intermediates``: the outputs of the ``feature_info`` layers at ``indices``
+        (None = all, k = the last k, negative = from the end), in layer order.
+
+        ``output_fmt``: "NCHW" maps, or "NLC" tokens (B, N, C) where the layers make tokens.
+        ``norm``: apply the final norm to each (models without one ignore it).
+        ``return_prefix_tokens``: each output is a pair (patch part, prefix tokens (B, P, C)).
+        ``stop_early``: run no layer after the last one asked for.
+        Returns ``(final features, intermediates)``, or the list alone with ``intermediates_only``.
+        """
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's output for probing (transformers' ``output_hidden_states``), the embedding
+        output first: tokens (B, L, C) from token layers, maps (B, C, H, W) from conv stages."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the layers after the last of ``indices`` (and the final norm / the head if asked).
+        Returns the absolute indices kept, for ``forward_intermediates``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def take_indices(self, indices: Indices) -> list[int]:
+        """``indices`` as sorted absolute positions in ``feature_info`` (see :func:`take_indices`)."""
+        return take_indices(indices, len(self.feature_info))
+
+    def check_output_fmt(self, output_fmt: str) -> None:
+        if output_fmt not in OUTPUT_FORMATS:
+            raise VitkitError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if output_fmt == "NLC" and not self.token_layers:
+            raise VitkitError(f"{type(self).__name__}'s intermediate layers make feature maps, not tokens: use "
+                              "output_fmt='NCHW' ('NLC' is for token layers, e.g. the ViT's blocks)")
+
+    def check_head_kept(self, needed: bool, what: str) -> None:
+        """``prune_head=False`` is refused when pruning removes a layer the head reads."""
+        if needed:
+            raise VitkitError(f"{type(self).__name__}'s head reads {what}; prune with prune_head=True "
+                              "or keep that layer in indices")
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute activations in the backward pass to save memory (where supported)."""
-        self.grad_checkpointing = enable
+        """Recompute activations in the backward pass to save memory."""
+        raise VitkitError(f"{type(self).__name__} does not support gradient checkpointing")
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hook: adapt loaded weights to this model (e.g. resample positional embeddings)."""
@@ -106,16 +207,8 @@ class VitkitModel(nn.Module):
         ``extra`` entries are added, or replace those)."""
         hub.save_pretrained(self, path, extra)
 
-    def resolve_indices(self, indices: Sequence[int] | int | None, n: int) -> list[int]:
-        """Normalise ``indices`` (None = last, int k = last k, negatives allowed) to 0..n-1."""
-        if indices is None:
-            indices = [n - 1]
-        elif isinstance(indices, int):
-            indices = list(range(n - indices, n))
-        out = []
-        for i in indices:
-            j = i + n if i < 0 else i
-            if not 0 <= j < n:
-                raise VitkitError(f"intermediate index {i} out of range for {n} stages/blocks")
-            out.append(j)
-        return out
+
+def stage_outputs(maps: list[torch.Tensor], take: list[int], intermediates_only: bool):
+    """forward_intermediates' result from the computed stage maps (the last one is the final feature)."""
+    inter = [m for i, m in enumerate(maps) if i in take]
+    return inter if intermediates_only else (maps[-1], inter)

@@ -7,7 +7,6 @@ torchvision state dict of the same depth and width loads after prefixing ``trunk
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.layers.resnet import LAYOUTS, ResNetTrunk
-from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
 
 
@@ -44,6 +43,12 @@ def trunk_from(cfg, num_stages: int = 4) -> ResNetTrunk:
     return ResNetTrunk(cfg.depth, cfg.in_chans, cfg.base_width, cfg.small_stem, num_stages)
 
 
+def trunk_feature_info(trunk: ResNetTrunk, prefix: str) -> FeatureInfoList:
+    """One entry per stage of ``trunk`` (a submodule named ``prefix``)."""
+    return FeatureInfoList(FeatureInfo(c, r, f"{prefix}.layer{i + 1}")
+                           for i, (c, r) in enumerate(zip(trunk.channels, trunk.reductions, strict=True)))
+
+
 @register_family
 class ResNet(VitkitModel):
     """Plain ResNet classifier: trunk, global average pool, FC."""
@@ -58,7 +63,7 @@ class ResNet(VitkitModel):
         self.trunk = trunk_from(config)
         self.num_features = self.trunk.channels[-1]
         self.fc = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
-        self.feature_info = [FeatureInfo(c, r) for c, r in zip(self.trunk.channels, self.trunk.reductions, strict=True)]
+        self.feature_info = trunk_feature_info(self.trunk, "trunk")
 
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.trunk.reductions[-1])
@@ -72,11 +77,36 @@ class ResNet(VitkitModel):
         pooled = feats.mean(dim=(2, 3))  # (B, C)
         return pooled if pre_logits else self.fc(pooled)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
-        """Stage outputs at ``indices`` (0..3), NCHW."""
-        take = self.resolve_indices(indices, 4)
-        outs = self._stages(x, max(take) + 1)
-        return [outs[i] for i in take]
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """Stage outputs (indices 0..3), NCHW (see :meth:`VitkitModel.forward_intermediates`); the final
+        feature is the last stage's map. There is no final norm and there are no prefix tokens."""
+        self.check_output_fmt(output_fmt)
+        take = self.take_indices(indices)
+        maps = self._stages(x, take[-1] + 1 if stop_early or intermediates_only else None)
+        return stage_outputs(maps, take, intermediates_only)
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem output and every stage's output, NCHW."""
+        self.check_input(x, min_size=self.trunk.reductions[-1])
+        return self.trunk.states(x)
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep stages 0..max(indices); ``prune_head`` drops the FC (the model then returns pooled features)."""
+        take = self.take_indices(indices)
+        self.check_head_kept(not prune_head and take[-1] + 1 < self.trunk.num_stages, "the last stage")
+        self.trunk.truncate(take[-1] + 1)
+        self.feature_info = self.feature_info[:take[-1] + 1]
+        self.num_features = self.trunk.channels[-1]
+        if prune_head:
+            self.fc = nn.Identity()
+        return take
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass."""
+        self.grad_checkpointing = self.trunk.grad_checkpointing = enable
 
 
 def _presets() -> dict[str, ResNetConfig]:

@@ -19,16 +19,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.layers.helpers import maybe_checkpoint
 from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
-from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.base import FeatureInfoList, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
-from vitkit.models.resnet import LAYOUTS, trunk_from
+from vitkit.models.resnet import LAYOUTS, trunk_feature_info, trunk_from
 from vitkit.models.vit import VisionTransformer, ViTConfig
+
+torch.fx.wrap("rearrange")  # einops needs real tensors; traced as one call
 
 
 def _conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -79,7 +83,7 @@ class VTFPNNeck(FPNNeck):
         tokens = torch.cat([vt.tokenize(x, p.shape[-2:]) for vt, x, p in zip(self.levels, flat, maps, strict=True)], 1)
         if self.transformer is not None:
             tokens = self.transformer(tokens)  # (B, levels * L, C_T)
-        per_level = tokens.split(self.num_tokens, dim=1)
+        per_level = [tokens[:, i * self.num_tokens:(i + 1) * self.num_tokens] for i in range(len(maps))]
         return [rearrange(vt.project(x, t), "b (h w) c -> b c h w", h=p.shape[-2], w=p.shape[-1])
                 for vt, x, t, p in zip(self.levels, flat, per_level, maps, strict=True)]
 
@@ -129,16 +133,29 @@ class SemanticFPNConfig:
 
 
 class _DenseModel(VitkitModel):
-    """Shared dense-model plumbing: forward(x) = upsampled logits (B, K, H, W)."""
+    """Shared dense-model plumbing: forward(x) = upsampled logits (B, K, H, W).
+
+    The backbone contract (intermediates, hidden states, pruning) is answered by the backbone:
+    its layers' outputs, and its final feature. Pruning drops the dense head (``neck`` + ``head``).
+    """
 
     task = "segmentation"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), size=tuple(x.shape[-2:]))
+        return self.forward_head(self.forward_features(x), size=(x.shape[-2], x.shape[-1]))
 
     def _upsample(self, logits: torch.Tensor, size, stride: int) -> torch.Tensor:
         size = size or (logits.shape[-2] * stride, logits.shape[-1] * stride)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def _check_head(self) -> None:
+        if self.head is None:
+            raise VitkitError(f"this {type(self).__name__} was pruned to its backbone; use forward_intermediates")
+
+    def _prune_head(self, prune_head: bool, head_needs_pruned: bool, what: str) -> None:
+        self.check_head_kept(not prune_head and head_needs_pruned, what)
+        if prune_head:
+            self.neck = self.head = None
 
 
 @register_family
@@ -155,7 +172,7 @@ class SemanticFPN(_DenseModel):
         self.neck = FPNNeck(chans, c.fpn_dim) if c.neck == "fpn" else VTFPNNeck(chans, c.fpn_dim, c.vt)
         self.head = SemanticHead(c.fpn_dim, c.head_dim, len(reds), c.num_classes)
         self.num_features = c.head_dim
-        self.feature_info = [FeatureInfo(ch, r) for ch, r in zip(chans, reds, strict=True)]
+        self.feature_info = trunk_feature_info(self.backbone, "backbone")
 
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.backbone.reductions[-1])
@@ -163,19 +180,42 @@ class SemanticFPN(_DenseModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C_in, H, W) -> neck outputs P_2..P_5, each (B, fpn_dim, H/r_i, W/r_i)."""
-        return self.neck(self._stages(x))
+        self._check_head()
+        return maybe_checkpoint(self.neck, self._stages(x), enable=self.grad_checkpointing)
 
     def forward_head(self, feats: Sequence[torch.Tensor], pre_logits: bool = False, size=None) -> torch.Tensor:
         """Pyramid -> logits (B, K, H, W) at ``size`` (default: finest level x its stride)."""
+        self._check_head()
         fused = self.head.fuse(feats)  # (B, head_dim, H/r_0, W/r_0)
         return fused if pre_logits else self._upsample(self.head.classifier(fused), size,
                                                        self.backbone.reductions[0])
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
-        """Backbone stage outputs at ``indices`` (0..3), NCHW."""
-        take = self.resolve_indices(indices, 4)
-        outs = self._stages(x, max(take) + 1)
-        return [outs[i] for i in take]
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """Backbone stage outputs (indices 0..3), NCHW; the final feature is the last stage's map."""
+        self.check_output_fmt(output_fmt)
+        take = self.take_indices(indices)
+        maps = self._stages(x, take[-1] + 1 if stop_early or intermediates_only else None)
+        return stage_outputs(maps, take, intermediates_only)
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's stem output and every stage's output, NCHW."""
+        self.check_input(x, min_size=self.backbone.reductions[-1])
+        return self.backbone.states(x)
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep backbone stages 0..max(indices); ``prune_head`` drops the FPN neck and the head."""
+        take = self.take_indices(indices)
+        self._prune_head(prune_head, take[-1] + 1 < self.backbone.num_stages, "every backbone stage")
+        self.backbone.truncate(take[-1] + 1)
+        self.feature_info = self.feature_info[:take[-1] + 1]
+        return take
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each backbone stage's activations, and the neck's, in the backward pass."""
+        self.grad_checkpointing = self.backbone.grad_checkpointing = enable
 
 
 @dataclass(frozen=True)
@@ -200,6 +240,7 @@ class ViTSeg(_DenseModel):
     """ViT + simple dense head: concat block maps, 1x1 conv-BN-ReLU (``neck``), 3x3 conv, 1x1 classifier."""
 
     family = "vit_seg"
+    token_layers = True
     config_cls = ViTSegConfig
 
     def __init__(self, config: ViTSegConfig):
@@ -208,27 +249,56 @@ class ViTSeg(_DenseModel):
             raise VitkitError("ViTSeg needs num_classes >= 1, decoder_dim >= 1 and at least one block index")
         self.config = c = config
         self.backbone = VisionTransformer(c.vit_config())
-        self.backbone.resolve_indices(list(c.indices), c.depth)
+        self.backbone.take_indices(list(c.indices))
         d = c.decoder_dim
         self.neck = nn.Sequential(nn.Conv2d(c.embed_dim * len(c.indices), d, 1, bias=False), nn.BatchNorm2d(d),
                                   nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.BatchNorm2d(d),
                                   nn.ReLU(inplace=True), nn.Conv2d(d, c.num_classes, 1))
         self.num_features = d
-        self.feature_info = self.backbone.feature_info
+        self.feature_info = self._prefixed(self.backbone.feature_info)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> decoder map (B, decoder_dim, H/p, W/p)."""
-        maps = self.backbone.forward_intermediates(x, list(self.config.indices), norm=True)
+        self._check_head()
+        maps = self.backbone.forward_intermediates(x, list(self.config.indices), norm=True, intermediates_only=True)
         return self.neck(torch.cat(maps, dim=1))
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False, size=None) -> torch.Tensor:
+        self._check_head()
         if pre_logits:
             return feats
         return self._upsample(self.head(feats), size, self.config.patch_size)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
-        return self.backbone.forward_intermediates(x, indices)
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """The ViT backbone's (see :meth:`VisionTransformer.forward_intermediates`)."""
+        return self.backbone.forward_intermediates(x, indices, norm, output_fmt, return_prefix_tokens,
+                                                   stop_early, intermediates_only)
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The ViT backbone's token states (B, P + N, D): embedding output and every block's output."""
+        return self.backbone.hidden_states(x)
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep blocks 0..max(indices); ``prune_head`` drops the dense head (its ``neck`` and ``head``)."""
+        take = self.take_indices(indices)
+        read = self.backbone.take_indices(list(self.config.indices))
+        self._prune_head(prune_head, prune_norm or take[-1] < read[-1], f"blocks {read} after the final norm")
+        self.backbone.prune_intermediate_layers(take, prune_norm, prune_head=True)
+        self.feature_info = self._prefixed(self.backbone.feature_info)
+        return take
+
+    @staticmethod
+    def _prefixed(info: FeatureInfoList) -> FeatureInfoList:
+        return FeatureInfoList(dataclasses.replace(f, module=f"backbone.{f.module}") for f in info)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each backbone block's activations in the backward pass."""
+        self.grad_checkpointing = enable
+        self.backbone.set_grad_checkpointing(enable)
 
 
 def _presets() -> tuple[dict, dict, dict]:

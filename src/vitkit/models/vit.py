@@ -7,18 +7,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.fx
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitkit.errors import VitkitError
 from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
-from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.layers.helpers import drop_path_ramp, maybe_checkpoint
+from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel
 from vitkit.models.catalog import register_family, register_presets
+
+torch.fx.wrap("resample_pos_embed")  # traced as one call: the patch grid is known only when it runs
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class DistilledOutput(NamedTuple):
 @register_family
 class VisionTransformer(VitkitModel):
     family = "vit"
+    token_layers = True
     config_cls = ViTConfig
 
     def __init__(self, config: ViTConfig):
@@ -100,7 +103,7 @@ class VisionTransformer(VitkitModel):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if c.distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], d))
         self.pos_drop = nn.Dropout(c.drop_rate)
-        dpr = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic-depth ramp
+        dpr = drop_path_ramp(c.drop_path_rate, c.depth)
         self.blocks = nn.ModuleList(
             Block(d, c.num_heads, c.mlp_ratio, c.qkv_bias, c.qk_norm, c.init_values, c.drop_rate,
                   c.attn_drop_rate, dpr[i], c.norm_eps)
@@ -114,7 +117,7 @@ class VisionTransformer(VitkitModel):
         self.head_dist = nn.Linear(d, c.num_classes) if c.distilled and c.num_classes else None
         self.num_features = d
         stride = self.patch_embed.patch_size[0]
-        self.feature_info = [FeatureInfo(d, stride) for _ in range(c.depth)]
+        self.feature_info = FeatureInfoList(FeatureInfo(d, stride, f"blocks.{i}") for i in range(c.depth))
         self.grad_checkpointing = c.grad_checkpointing
         self.init_weights()
 
@@ -142,9 +145,11 @@ class VisionTransformer(VitkitModel):
         return self._pos_embed(x, grid), grid
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, num_queries, use_reentrant=False)
-        return block(x, num_queries)
+        return maybe_checkpoint(block, x, num_queries, enable=self.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor):
         """Logits: ``forward_head(forward_features(x))`` with less work. Class-token pooling reads
@@ -183,21 +188,51 @@ class VisionTransformer(VitkitModel):
             return DistilledOutput(logits, dist_logits)
         return (logits + dist_logits) / 2
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None,
-                              norm: bool = False) -> list[torch.Tensor]:
-        """Outputs of the blocks at ``indices`` as NCHW maps (B, D, H/p, W/p)."""
-        take = set(self.resolve_indices(indices, len(self.blocks)))
-        x, (gh, gw) = self._embed(x)
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """Block outputs (see :meth:`VitkitModel.forward_intermediates`): the patch tokens as maps
+        (B, D, H/p, W/p) or as tokens (B, N, D); the final features are ``forward_features``'s
+        normalised tokens (B, P + N, D) (of the last block run, with ``stop_early``)."""
+        self.check_output_fmt(output_fmt)
+        take = self.take_indices(indices)
+        x, grid = self._embed(x)
+        stop = take[-1] + 1 if stop_early or intermediates_only else len(self.blocks)
         outs = []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:stop]):
             x = self._run_block(block, x)
             if i in take:
-                y = self.norm(x) if norm else x
-                y = y[:, self.num_prefix:].transpose(1, 2)  # (B, D, N)
-                outs.append(y.reshape(y.shape[0], -1, gh, gw))  # (B, D, gh, gw)
-            if i == max(take):
-                break
-        return outs
+                outs.append(self._split_tokens(self.norm(x) if norm else x, grid, output_fmt, return_prefix_tokens))
+        return outs if intermediates_only else (self.norm(x), outs)
+
+    def _split_tokens(self, x: torch.Tensor, grid, output_fmt: str, with_prefix: bool):
+        """(B, P + N, D) -> patch part (B, D, gh, gw) or (B, N, D), paired with the prefix (B, P, D) if asked."""
+        gh, gw = grid
+        prefix, patches = x[:, :self.num_prefix], x[:, self.num_prefix:]
+        if output_fmt == "NCHW":
+            patches = patches.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)  # (B, D, gh, gw)
+        return (patches, prefix) if with_prefix and self.num_prefix else patches
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """z_0 (embedding + E_pos) and every block's output z_1..z_L, each (B, P + N, D), un-normalised."""
+        states = [self._embed(x)[0]]
+        for block in self.blocks:
+            states.append(self._run_block(block, states[-1]))
+        return states
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep blocks 0..max(indices); ``prune_norm`` drops the final norm, ``prune_head`` the head(s)
+        and ``fc_norm`` (the model then returns pooled features)."""
+        take = self.take_indices(indices)
+        self.blocks = self.blocks[:take[-1] + 1]
+        self.feature_info = self.feature_info[:take[-1] + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm, self.head = nn.Identity(), nn.Identity()
+            self.head_dist = nn.Identity() if self.head_dist is not None else None
+        return take
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a saved E_pos to this model's patch grid (load at another image size)."""

@@ -10,7 +10,6 @@ projector: its map would feed nothing in classification (the head reads the toke
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,9 +18,9 @@ from torch import nn
 
 from vitkit.errors import VitkitError
 from vitkit.layers.vt import VTConfig, vt_stack
-from vitkit.models.base import FeatureInfo, VitkitModel
+from vitkit.models.base import FeatureInfo, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
-from vitkit.models.resnet import LAYOUTS, trunk_from
+from vitkit.models.resnet import LAYOUTS, trunk_feature_info, trunk_from
 
 PAPER_MODULES = {18: 2, 34: 3, 50: 3, 101: 3}
 
@@ -64,9 +63,8 @@ class VTResNet(VitkitModel):
         self.vt = vt_stack(channels, c.vt, n, last_projector=False)
         self.num_features = c.vt.token_channels or channels
         self.fc = nn.Linear(self.num_features, c.num_classes) if c.num_classes else nn.Identity()
-        self.feature_info = [FeatureInfo(ch, r)
-                             for ch, r in zip(self.trunk.channels, self.trunk.reductions, strict=True)]
-        self.feature_info.append(FeatureInfo(channels, self.trunk.reductions[-1]))  # the VT output map
+        self.feature_info = trunk_feature_info(self.trunk, "trunk")
+        self.feature_info.append(FeatureInfo(channels, self.trunk.reductions[-1], "vt"))  # the VT output map
 
     def _stages(self, x: torch.Tensor, upto: int = 3) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.trunk.reductions[-1])
@@ -74,6 +72,8 @@ class VTResNet(VitkitModel):
 
     def forward_vt(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image -> (VT output map (B, C, H/16, W/16), tokens (B, L, C_T))."""
+        if self.vt is None:
+            raise VitkitError("this VT-ResNet was pruned to its ResNet stages; use forward_intermediates")
         return self.vt(self._stages(x)[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,13 +84,47 @@ class VTResNet(VitkitModel):
         pooled = feats.mean(dim=1)  # (B, C_T): average over the tokens
         return pooled if pre_logits else self.fc(pooled)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None):
-        """Stage 1-3 outputs (indices 0-2) and the VT output map (index 3), NCHW."""
-        take = self.resolve_indices(indices, 4)
-        outs = self._stages(x, min(max(take) + 1, 3))
-        if 3 in take:
-            outs.append(self.vt(outs[-1])[0])
-        return [outs[i] for i in take]
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
+                              stop_early: bool = False, intermediates_only: bool = False):
+        """Stage 1-3 outputs (indices 0-2) and the VT output map (index 3), NCHW (see
+        :meth:`VitkitModel.forward_intermediates`). The final feature is ``forward_features``'s tokens
+        (B, L, C_T); the last stage's map if the VT modules did not run (``stop_early``, or pruned)."""
+        self.check_output_fmt(output_fmt)
+        take = self.take_indices(indices)
+        stop = take[-1] + 1 if stop_early or intermediates_only else len(self.feature_info)
+        maps = self._stages(x, min(stop, 3))
+        if stop < 4:
+            return stage_outputs(maps, take, intermediates_only)
+        vt_map, tokens = self.vt(maps[-1])
+        out = stage_outputs(maps + [vt_map], take, intermediates_only)
+        return out if intermediates_only else (tokens, out[1])
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem output and stage 1-3 maps (NCHW), then each VT module's tokens (B, L, C_T)."""
+        self.check_input(x, min_size=self.trunk.reductions[-1])
+        states = self.trunk.states(x)
+        return states + ([t for _, t in self.vt.states(states[-1])] if self.vt is not None else [])
+
+    def prune_intermediate_layers(self, indices: Indices = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep the layers 0..max(indices) (index 3: the VT modules); ``prune_head`` drops the FC."""
+        take = self.take_indices(indices)
+        keep = take[-1] + 1
+        self.check_head_kept(not prune_head and keep < 4, "the VT modules' tokens")
+        if keep < 4:
+            self.vt = None
+            self.trunk.truncate(keep)
+        self.feature_info = self.feature_info[:keep]
+        if prune_head:
+            self.fc = nn.Identity()
+        return take
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each ResNet stage's and each VT module's activations in the backward pass."""
+        self.grad_checkpointing = self.trunk.grad_checkpointing = enable
+        if self.vt is not None:
+            self.vt.grad_checkpointing = enable
 
 
 def _presets() -> tuple[dict, dict, dict]:
