@@ -56,7 +56,7 @@ def test_cli_prints_table_and_json(tmp_path, capsys):
     (["vit_test", "--batch-size", "0"], "must be >= 1"),
 ])
 def test_cli_errors(capsys, args, match):
-    assert main(["bench", *args, "--iters", "1", "--warmup", "0"]) == 2
+    assert main(["bench", *args, "--iters", "1", "--warmup", "0", "--peak-n", "64"]) == 2
     assert match in capsys.readouterr().err
 
 

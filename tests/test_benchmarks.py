@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+# Below --quick's few hundred images: the tests check that each script runs and reports, not its figures.
+SMALL = ["--set", "data.limit_train=64", "data.limit_val=32", "batch_size=32", "eval_batch_size=32"]
 
 
 def load(name: str):
@@ -59,7 +61,7 @@ def test_md_table_and_stats():
 
 
 def test_fmnist_vit_quick(tmp_path, fake_fmnist, capsys):
-    rows = load("fmnist_vit").main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    rows = load("fmnist_vit").main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path), *SMALL])
     assert "| recipe |" in capsys.readouterr().out
     shapes, raw = _outputs(tmp_path, "fmnist_vit")
     assert shapes == [(10, 1)] and raw["rows"][0]["recipe"] == "fmnist_vit_fast"
@@ -68,7 +70,8 @@ def test_fmnist_vit_quick(tmp_path, fake_fmnist, capsys):
 
 
 def test_vt_vs_resnet_quick(tmp_path, fake_fmnist):
-    rows = load("vt_vs_resnet").main(["--quick", "--data", "both", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    rows = load("vt_vs_resnet").main(["--quick", "--data", "both", "--data-dir", fake_fmnist, "--out", str(tmp_path),
+                                      *SMALL])
     shapes, raw = _outputs(tmp_path, "vt_vs_resnet_both")
     assert shapes == [(12, 4), (4, 2)]
     assert [r["data"] for r in raw["rows"]] == ["digits", "digits", "fmnist", "fmnist"]
@@ -85,7 +88,7 @@ def test_seg_fpn_quick(tmp_path, fake_fmnist):
 
 def test_ablations_quick(tmp_path, fake_fmnist):
     ab = load("ablations")
-    rows = ab.main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    rows = ab.main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path), *SMALL])
     shapes, _ = _outputs(tmp_path, "ablations")
     assert shapes == [(8, len(ab.VARIANTS))]
     by_name = {r["variant"]: r for r in rows}

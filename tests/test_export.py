@@ -22,18 +22,31 @@ def _one_per_kind(names):
 TEST_MODELS = _one_per_kind(vitkit.list_models("*test*"))
 
 
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    """name -> (model, ExportResult): each tiny preset exported to ONNX (opset 18) once per module."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            torch.manual_seed(0)
+            model = vitkit.create_model(name)
+            done[name] = model, export_model(model, tmp_path_factory.mktemp(name) / f"{name}.onnx", "onnx", opset=18)
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", TEST_MODELS)
-def test_onnx_matches_pytorch(tmp_path, name):
-    torch.manual_seed(0)
-    model = vitkit.create_model(name)
-    res = export_model(model, tmp_path / f"{name}.onnx", "onnx", opset=18)
+def test_onnx_matches_pytorch(onnx_export, name):
+    res = onnx_export(name)[1]
     assert set(res.max_abs_diff) == {1, 3} and res.opset == 18
     assert max(res.max_abs_diff.values()) < 1e-4, res.max_abs_diff
 
 
-def test_onnx_batch_axis_is_dynamic(tmp_path):
-    model = vitkit.create_model("vit_test").eval()
-    path = export_model(model, tmp_path / "m.onnx").path
+def test_onnx_batch_axis_is_dynamic(onnx_export):
+    model, res = onnx_export("vit_test")
+    model, path = model.eval(), res.path
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(run_onnx(path, x), model(x), rtol=1e-4, atol=1e-4)
