@@ -182,7 +182,7 @@ def test_features_only(name):
     x = _x(model)
     with torch.no_grad():
         full = model.forward_intermediates(x, intermediates_only=True)
-    extractor = FeatureExtractor(_build(name)).eval()
+    extractor = _build(name, features_only=True).eval()
     with torch.no_grad():
         maps = extractor(x)
     assert isinstance(maps, list) and len(maps) == len(full) == len(extractor.feature_info)
@@ -191,12 +191,27 @@ def test_features_only(name):
         _same(fmap, ref)
         assert fmap.shape == (2, info.channels, -(-h // info.reduction), -(-w // info.reduction))
         extractor.get_submodule(info.module)
-    one = FeatureExtractor(_build(name), out_indices=[0]).eval()
+    one = _build(name, features_only=True, out_indices=[0]).eval()
     with torch.no_grad():
         (fmap,) = one(x)
     _same(fmap, full[0])
     assert sum(p.numel() for p in one.parameters()) < sum(p.numel() for p in extractor.parameters())
     assert one.feature_info.module_name() == ["model." + model.feature_info.module_name(0)]
+
+
+def test_features_only_loads_the_weights_before_pruning(tmp_path):
+    model = _build("vit_test").eval()
+    model.save_pretrained(tmp_path / "m")
+    x = _x(model)
+    extractor = vitkit.create_model(str(tmp_path / "m"), features_only=True, out_indices=(0,)).eval()
+    normed = FeatureExtractor(_build("vit_test", seed=1, pretrained=tmp_path / "m"), [-1], norm=True,
+                              output_fmt="NLC").eval()
+    with torch.no_grad():
+        _same(extractor(x)[0], model.forward_intermediates(x, [0], intermediates_only=True)[0])
+        _same(normed(x)[0], model.forward_features(x)[:, 1:])  # the last block's normalised patch tokens
+    assert len(extractor.model.blocks) == 1 and isinstance(extractor.model.head, nn.Identity)
+    with pytest.raises(VitkitError, match="features_only=True"):
+        vitkit.create_model("vit_test", out_indices=(0,))
 
 
 def _checkpointed_modules(model) -> list[str]:

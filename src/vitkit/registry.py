@@ -32,6 +32,7 @@ from vitkit.models.catalog import (
     register_model,
     register_presets,
 )
+from vitkit.models.features import FeatureExtractor
 from vitkit.models.hub import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -116,7 +117,7 @@ def resolve(spec) -> ModelSource:
     raise _unresolved(spec)
 
 
-def create_model(spec, pretrained=None, **overrides):
+def create_model(spec, pretrained=None, features_only: bool = False, out_indices=None, **overrides):
     """Build the model ``spec`` names, with config ``overrides``, and load its weights.
 
     ``spec``: a registered name, a ``save_pretrained`` dir or a ``vitkit train`` run dir
@@ -125,7 +126,13 @@ def create_model(spec, pretrained=None, **overrides):
     checked strictly (positional embeddings are resampled to another ``img_size``), and
     the model carries the metadata saved with them: ``model.preprocess`` (at the model's
     own input size) and ``model.class_names``.
+
+    ``features_only``: return a :class:`~vitkit.models.features.FeatureExtractor` of the loaded
+    model instead, whose forward gives the NCHW maps of the ``out_indices`` layers (None: every
+    layer in ``feature_info``); the layers after the last of them and the head are dropped.
     """
+    if out_indices is not None and not features_only:
+        raise VitkitError("out_indices selects the maps of a feature extractor; pass features_only=True with it")
     source = resolve(spec)
     if source.cls is None:
         raise VitkitError(f"{source.spec} holds weights but no config; "
@@ -137,7 +144,7 @@ def create_model(spec, pretrained=None, **overrides):
     model = source.cls(apply_overrides(source.config, overrides))
     if weights.weights is not None:
         _carry_metadata(model, _load_verified(model, weights))
-    return model
+    return FeatureExtractor(model, out_indices) if features_only else model
 
 
 def _load_verified(model, source: ModelSource) -> dict:
