@@ -132,9 +132,10 @@ def test_vt_family_trains(tmp_path):
     out = tmp_path / "vt"
     rc = main(["train", "--model", "vt_resnet_test_small", "--epochs", "1", "--set", "data.limit_train=32",
                "data.limit_val=16", "batch_size=16", "tensorboard=false", "progress=false", "threads=1",
-               "--out", str(out)])
+               "model.vt.num_tokens=2", "--out", str(out)])
     assert rc == 0
-    assert json.loads((out / "model" / "config.json").read_text())["family"] != "vit"
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["family"] != "vit" and saved["config"]["vt"]["num_tokens"] == 2
 
 
 def test_segmentation_run(tmp_path, fake_fmnist, capsys):
