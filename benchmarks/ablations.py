@@ -10,6 +10,7 @@ field changed; the first row is the default.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _sets(args) -> dict:
 
 
 def run_variant(name: str, vt: dict, args, out: Path) -> dict:
-    from vitkit.registry import create_model
+    from vitkit.registry import get_entry
     from vitkit.tools.flops import count_flops
 
     slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
@@ -46,9 +47,9 @@ def run_variant(name: str, vt: dict, args, out: Path) -> dict:
                                  extra=args.set)
         per_seed.append(common.run_training(cfg))
     size = cfg.data.img_size or 28
-    model = create_model(cfg.model, **cfg.model_overrides, img_size=size, in_chans=1, num_classes=10)
+    model = get_entry(cfg.model_name).cls(dataclasses.replace(cfg.model, img_size=size, in_chans=1, num_classes=10))
     rep = count_flops(model, size, part="vt")
-    return {"variant": name, "vt": vt, "model": cfg.model, "epochs": cfg.epochs, "params": rep.params,
+    return {"variant": name, "vt": vt, "model": cfg.model_name, "epochs": cfg.epochs, "params": rep.params,
             "macs": rep.macs, "vt_macs": rep.part_macs, "top1": [r["metrics"]["top1"] for r in per_seed],
             "wall_s": [r["wall_s"] for r in per_seed], "load_mean": [r["load_mean"] for r in per_seed],
             "train_img_per_s": [r["train_img_per_s"] for r in per_seed],

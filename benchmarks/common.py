@@ -6,7 +6,6 @@ Every benchmark trains through :func:`vitkit.engine.trainer.train` (the same pat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -87,9 +86,7 @@ def make_config(recipe: str, overrides: dict, out_dir: Path, vt: dict | None = N
     sets = {"progress": "false", "out_dir": str(out_dir), **{k: str(v) for k, v in overrides.items()},
             **parse_set_args(extra)}
     cfg = resolve(get_recipe(recipe), sets)
-    if vt:  # nested model fields are not `--set`-able: pass the VTConfig fields as a mapping
-        cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "vt": dict(vt)})
-    return cfg
+    return resolve(cfg, {f"model.vt.{k}": v for k, v in vt.items()}) if vt else cfg
 
 
 def epoch_wall_times(run_dir: Path) -> list[float]:

@@ -23,6 +23,9 @@ PLOT = "fmnist_vit_curve.png"
 
 def run_one(key: str, args, out: Path) -> dict:
     """Train one recipe and return its row of raw numbers."""
+    from vitkit.config import changed_fields
+    from vitkit.registry import get_config
+
     recipe, target, budget = RECIPES[key]
     sets = {"data.data_dir": args.data_dir} if args.data_dir else {}
     if args.epochs:
@@ -34,8 +37,8 @@ def run_one(key: str, args, out: Path) -> dict:
     cfg = common.make_config(recipe, sets, out / "runs" / recipe, extra=args.set)
     res = common.run_training(cfg)
     top1 = res["metrics"]["top1"]
-    return {"key": key, "recipe": recipe, "command": common.command_line(), "date": common.today(), "model": cfg.model,
-            "model_overrides": cfg.model_overrides,
+    return {"key": key, "recipe": recipe, "command": common.command_line(), "date": common.today(),
+            "model": cfg.model_name, "model_overrides": changed_fields(cfg.model, get_config(cfg.model_name)),
             "epochs": cfg.epochs, "threads": cfg.threads, "precision": cfg.precision, "target": target,
             "budget_s": budget, "top1": top1, "wall_s": res["wall_s"], "load_mean": res["load_mean"],
             "train_img_per_s": res["train_img_per_s"], "met": top1 >= target and res["wall_s"] <= budget,

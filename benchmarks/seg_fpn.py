@@ -8,6 +8,7 @@ neck FLOPs. FLOPs are multiply-adds per image (`vitkit flops`, part `neck`).
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,11 +21,11 @@ QUICK_MODELS = {"fpn_resnet18_64": "fpn_test", "vt_fpn_resnet18_64": "vt_fpn_tes
 
 def model_cost(cfg) -> dict:
     """Whole-model and neck multiply-adds per image of the model as trained (11 classes)."""
-    from vitkit.registry import create_model
+    from vitkit.registry import get_entry
     from vitkit.tools.flops import count_flops
 
-    model = create_model(cfg.model, **cfg.model_overrides, num_classes=11, in_chans=1,
-                         img_size=cfg.data.img_size or cfg.data.canvas_size)
+    size = cfg.data.img_size or cfg.data.canvas_size
+    model = get_entry(cfg.model_name).cls(dataclasses.replace(cfg.model, num_classes=11, in_chans=1, img_size=size))
     rep = count_flops(model, cfg.data.img_size or cfg.data.canvas_size, part="neck")
     return {"params": rep.params, "macs": rep.macs, "neck_macs": rep.part_macs, "neck_params": rep.part_params}
 
@@ -42,10 +43,10 @@ def run_one(recipe: str, args, out: Path) -> dict:
         sets = {**_sets(args), "seed": seed}
         cfg = common.make_config(recipe, sets, out / "runs" / f"{recipe}_s{seed}", extra=args.set)
         if args.quick:
-            sets["model"] = QUICK_MODELS[cfg.model]
+            sets["model"] = QUICK_MODELS[cfg.model_name]
             cfg = common.make_config(recipe, sets, Path(cfg.out_dir), extra=args.set)
         per_seed.append(common.run_training(cfg))
-    return {"recipe": recipe, "model": cfg.model, "epochs": cfg.epochs, "threads": cfg.threads,
+    return {"recipe": recipe, "model": cfg.model_name, "epochs": cfg.epochs, "threads": cfg.threads,
             "train_canvases": cfg.data.limit_train or cfg.data.canvas_train_size,
             "val_canvases": cfg.data.limit_val or cfg.data.canvas_val_size, **model_cost(cfg),
             "miou": [r["metrics"]["miou"] for r in per_seed],

@@ -54,10 +54,10 @@ def run_pair(data: str, args, out: Path) -> list[dict]:
         for seed in range(args.seeds):
             cfg = common.make_config(recipe, {**sets, "seed": seed}, out / "runs" / f"{recipe}_s{seed}", extra=args.set)
             if args.quick:
-                cfg = common.make_config(recipe, {**sets, "seed": seed, "model": QUICK_MODELS[cfg.model]},
+                cfg = common.make_config(recipe, {**sets, "seed": seed, "model": QUICK_MODELS[cfg.model_name]},
                                          Path(cfg.out_dir), extra=args.set)
             per_seed.append(common.run_training(cfg))
-        rows.append({"data": data, "recipe": recipe, "model": cfg.model, "epochs": cfg.epochs,
+        rows.append({"data": data, "recipe": recipe, "model": cfg.model_name, "epochs": cfg.epochs,
                      "train_images": _train_images(cfg), **model_cost(cfg),
                      "top1": [r["metrics"]["top1"] for r in per_seed],
                      "train_img_per_s": [r["train_img_per_s"] for r in per_seed],

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from vitkit.cli import main
+from vitkit.config import to_dict
+from vitkit.registry import get_config
 
 TINY = ["--set", "model.img_size=8", "model.patch_size=2", "data.limit_train=64", "data.limit_val=40",
         "batch_size=16", "tensorboard=false", "progress=false", "threads=1", "schedule.warmup_steps=1"]
@@ -25,8 +27,9 @@ def run_dir(tmp_path_factory):
 
 def test_train_run_dir_layout(run_dir):
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["model"] == "vit_test" and cfg["epochs"] == 2 and cfg["data"]["img_size"] == 8
-    assert cfg["model_overrides"] == {"img_size": 8, "patch_size": 2}
+    assert cfg["model_name"] == "vit_test" and cfg["epochs"] == 2 and cfg["data"]["img_size"] == 8
+    # the full model config as built: the --set fields, and classes / channels from the data
+    assert cfg["model"] == to_dict(get_config("vit_test", img_size=8, patch_size=2, num_classes=10, in_chans=1))
     rows = list(csv.DictReader((run_dir / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert any((run_dir / "tb").iterdir())
@@ -112,8 +115,8 @@ def test_print_config_and_recipes(capsys):
     assert main(["train", "--recipe", "fmnist_vit_fast", "--set", "optim.lr=5e-4", "model.depth=2",
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["optim"]["lr"] == 5e-4 and cfg["model_overrides"] == {"depth": 2}
-    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model"] == "vit_tiny_convstem_28"
+    assert cfg["optim"]["lr"] == 5e-4 and cfg["model"] == to_dict(get_config("vit_tiny_convstem_28", depth=2))
+    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model_name"] == "vit_tiny_convstem_28"
 
 
 def test_distillation_from_a_trained_teacher(run_dir, tmp_path):
@@ -129,9 +132,10 @@ def test_vt_family_trains(tmp_path):
     out = tmp_path / "vt"
     rc = main(["train", "--model", "vt_resnet_test_small", "--epochs", "1", "--set", "data.limit_train=32",
                "data.limit_val=16", "batch_size=16", "tensorboard=false", "progress=false", "threads=1",
-               "--out", str(out)])
+               "model.vt.num_tokens=2", "--out", str(out)])
     assert rc == 0
-    assert json.loads((out / "model" / "config.json").read_text())["family"] != "vit"
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["family"] != "vit" and saved["config"]["vt"]["num_tokens"] == 2
 
 
 def test_segmentation_run(tmp_path, fake_fmnist, capsys):

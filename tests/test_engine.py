@@ -23,6 +23,7 @@ from vitkit.engine.optim import ModelEMA, warmup_cosine
 from vitkit.engine.recipes import RECIPES, get_recipe
 from vitkit.engine.run_config import RunConfig, load_run_config, resolve
 from vitkit.models.vit import DistilledOutput
+from vitkit.registry import get_config
 
 TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "96", "data.limit_val": "40",
         "batch_size": "16", "epochs": "2", "tensorboard": "false", "progress": "false", "threads": "1",
@@ -38,7 +39,7 @@ def tiny_cfg(tmp_path, device: str = "cpu", **extra) -> RunConfig:
 def test_resolve_typed_overrides():
     cfg = resolve(RunConfig(), {"optim.lr": "1e-3", "model.depth": "2", "data.name": "fashion-mnist",
                                 "ema.enabled": "on", "optim.betas": "0.8,0.9"})
-    assert cfg.optim.lr == 1e-3 and cfg.model_overrides == {"depth": 2}
+    assert cfg.optim.lr == 1e-3 and cfg.model == get_config("vit_mini_patch2_8", depth=2)
     assert cfg.data.name == "fashion-mnist" and cfg.ema.enabled and cfg.optim.betas == (0.8, 0.9)
 
 
@@ -54,8 +55,10 @@ def test_resolve_rejects_bad_overrides(sets, words):
 
 
 def test_recipes_resolve_for_registered_models():
-    assert get_recipe("digits_vit").model == "vit_mini_patch2_8"
-    checked = [name for name, cfg in RECIPES.items() if cfg.model in list_models()]
+    assert get_recipe("digits_vit").model_name == "vit_mini_patch2_8"
+    assert get_recipe("digits_vit").model == get_config("vit_mini_patch2_8")
+    assert get_recipe("fmnist_vit_long").model == get_config("vit_mini_convstem_28", drop_path_rate=0.1)
+    checked = [name for name, cfg in RECIPES.items() if cfg.model_name in list_models()]
     assert "digits_vit" in checked and "fmnist_vit_fast" in checked
     for name in checked:
         assert resolve(RECIPES[name], {}).model == RECIPES[name].model
@@ -153,7 +156,8 @@ def test_train_writes_run_dir_and_learns(tmp_path, device):
                  "plots/curves.png", "plots/confusion.png"):
         assert (run / name).is_file(), name
     saved = load_run_config(run)
-    assert saved.data.img_size == 8 and saved.model_overrides == {"img_size": 8, "patch_size": 2}
+    assert saved.data.img_size == 8 and saved.model_name == "vit_test"
+    assert saved.model == get_config("vit_test", img_size=8, patch_size=2, num_classes=10, in_chans=1)
     assert json.loads((run / "metrics.json").read_text())["top1"] == metrics["top1"]
     history = LOGGER(run).read_history(99)
     assert [h["epoch"] for h in history] == [1, 2, 3]

@@ -53,7 +53,7 @@ def test_vit_maps_shapes_and_capture_keeps_outputs(name):
     torch.manual_seed(0)
     model = vitkit.create_model(name).eval()
     cfg = model.config
-    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+    x = torch.randn(2, cfg.in_chans, *cfg.img_size)
     with torch.no_grad():
         fused = model(x)
     exp = explain_vit(model, x)
@@ -131,8 +131,7 @@ def test_vt_tokenizer_and_projector_maps(tmp_path, name):
 
     torch.manual_seed(0)
     model = vitkit.create_model(name).eval()
-    size = model.config.img_size
-    x = torch.randn(2, model.config.in_chans, size, size)
+    x = torch.randn(2, model.config.in_chans, *model.config.img_size)
     with torch.no_grad():
         fused = model(x)
     exp = explain_vt(model, x)
@@ -144,7 +143,7 @@ def test_vt_tokenizer_and_projector_maps(tmp_path, name):
         torch.testing.assert_close(tok.sum((-2, -1)), torch.ones(2, n_tokens))  # softmax over HW
         if proj is not None:
             torch.testing.assert_close(proj.sum(1), torch.ones(2, gh, gw))  # softmax over L
-    paths = save_vt_explanation(exp, torch.rand(3, size, size), tmp_path)
+    paths = save_vt_explanation(exp, torch.rand(3, *model.config.img_size), tmp_path)
     assert paths and all(p.stat().st_size > 1000 for p in paths)
 
 

@@ -12,7 +12,6 @@ from torch import nn
 
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.layers import to_2tuple
 from vitkit.registry import get_entry
 
 TEST_MODELS = vitkit.list_models("*test*")
@@ -20,7 +19,7 @@ ALL_MODELS = vitkit.list_models()
 
 
 def _input(model, batch: int = 2, device=None) -> torch.Tensor:
-    h, w = to_2tuple(model.config.img_size)
+    h, w = model.config.img_size
     return torch.randn(batch, model.config.in_chans, h, w, device=device)
 
 
@@ -29,7 +28,7 @@ def _logits(out) -> torch.Tensor:
 
 
 def _expected_shape(model, batch: int):
-    h, w = to_2tuple(model.config.img_size)
+    h, w = model.config.img_size
     if "seg" in get_entry(model_name_of(model)).tags:
         return (batch, model.config.num_classes, h, w)
     return (batch, model.config.num_classes)
@@ -118,7 +117,7 @@ def test_forward_intermediates(name):
     n = len(model.feature_info)
     maps = model.forward_intermediates(x, list(range(n)), intermediates_only=True)
     assert len(maps) == n
-    h, w = to_2tuple(model.config.img_size)
+    h, w = model.config.img_size
     for fmap, info in zip(maps, model.feature_info, strict=True):
         assert fmap.ndim == 4 and fmap.shape[0] == 2
         assert fmap.shape[1] == info.channels
@@ -128,7 +127,7 @@ def test_forward_intermediates(name):
 @pytest.mark.parametrize("name", TEST_MODELS)
 def test_wrong_channel_count_is_a_clear_error(name):
     model = build(name).eval()
-    h, w = to_2tuple(model.config.img_size)
+    h, w = model.config.img_size
     bad = torch.randn(1, model.config.in_chans + 1, h, w)
     with pytest.raises(VitkitError, match="channel"):
         model(bad)

@@ -13,8 +13,8 @@ from vitkit.registry import get_entry
 
 
 def _x(model, batch=2, size=None, device=None):
-    s = size or model.config.img_size
-    return torch.randn(batch, model.config.in_chans, s, s, device=device)
+    h, w = (size, size) if size else model.config.img_size
+    return torch.randn(batch, model.config.in_chans, h, w, device=device)
 
 
 def test_every_family_has_paper_small_and_test_presets():
@@ -82,7 +82,7 @@ def test_bad_vt_config_is_a_clear_error():
     with pytest.raises(VitkitError, match="num_tokens"):
         vitkit.create_model("vt_resnet_test", **{"vt.num_tokens": 0})
     with pytest.raises(VitkitError, match="depth"):
-        vitkit.create_model("vt_resnet_test", depth=19)
+        vitkit.create_model("vt_resnet_test", **{"backbone.depth": 19})
 
 
 def test_small_image_variants_run_at_their_size():

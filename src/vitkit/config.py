@@ -1,9 +1,11 @@
 """Typed config dataclasses: overrides from Python or from ``key=value`` strings.
 
 One source of truth: a model or recipe is a dataclass; presets are instances of it;
-the CLI and ``create_model(**overrides)`` both go through :func:`apply_overrides`,
+composite configs nest their parts' configs (a dotted key reaches them: ``vt.num_tokens``).
+The CLI and ``create_model(**overrides)`` both go through :func:`apply_overrides`,
 which rejects unknown fields (naming close matches), values of the wrong type and values
 outside the ranges a config declares (:mod:`vitkit.checks`).
+Files written by earlier layouts are read through a config class's ``migrate(dict)``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from vitkit.checks import check_config
+from vitkit.checks import IMG_SIZE, check_config
 from vitkit.errors import VitkitError
 
 
@@ -23,6 +25,13 @@ def close_matches(name: str, choices) -> str:
     """' (did you mean a, b?)' or '' — for error messages."""
     near = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(near)}?)" if near else ""
+
+
+def image_size(value: Any) -> tuple[int, int]:
+    """An image size as (H, W): ``224`` -> (224, 224); ``(224, 160)`` or ``[224, 160]`` kept."""
+    if not IMG_SIZE(value):
+        raise VitkitError(f"img_size={value!r} is out of range ({IMG_SIZE.text}); set a valid value")
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _field_types(cfg_cls) -> dict[str, Any]:
@@ -95,9 +104,13 @@ def _type_name(hint) -> str:
 def apply_overrides(cfg, overrides: Mapping[str, Any], prefix: str = ""):
     """Return a copy of dataclass ``cfg`` with ``overrides`` applied, typed and checked.
 
-    Nested dataclass fields are reached with dotted keys (``optim.lr``).
+    Nested dataclass fields are reached with dotted keys (``optim.lr``), a mapping of their
+    fields, or an instance of their class. Fields that a config class sets itself from other
+    fields (its ``derived`` mapping: dotted key -> what to set instead) cannot be set by a
+    dotted key; in a mapping they are recomputed.
     """
     types_ = _field_types(type(cfg))
+    derived = getattr(type(cfg), "derived", {})
     changes: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
@@ -107,20 +120,25 @@ def apply_overrides(cfg, overrides: Mapping[str, Any], prefix: str = ""):
                 f"unknown config field '{prefix}{head}' for {type(cfg).__name__}"
                 f"{close_matches(head, types_)}; valid fields: {', '.join(types_)}"
             )
+        if key in derived:
+            raise VitkitError(f"'{prefix}{key}' follows the rest of the config; {derived[key]}")
         current = getattr(cfg, head)
         if dataclasses.is_dataclass(current):
             if rest:
                 nested.setdefault(head, {})[rest] = value
             elif isinstance(value, Mapping):
                 nested.setdefault(head, {}).update(value)
+            elif isinstance(value, type(current)):
+                changes[head] = value
             else:
                 raise VitkitError(f"'{prefix}{head}' is a group; set its fields as {prefix}{head}.NAME=VALUE")
         elif rest:
-            raise VitkitError(f"'{prefix}{head}' has no sub-fields (got '{prefix}{key}')")
+            raise VitkitError(f"'{prefix}{key}' is not a group: '{prefix}{head}' has no sub-fields")
         else:
             changes[head] = coerce(value, types_[head], prefix + head)
     for head, sub in nested.items():
-        changes[head] = apply_overrides(getattr(cfg, head), sub, prefix=f"{prefix}{head}.")
+        sub = {k: v for k, v in sub.items() if f"{head}.{k}" not in derived}
+        changes[head] = apply_overrides(changes.get(head, getattr(cfg, head)), sub, prefix=f"{prefix}{head}.")
     result = dataclasses.replace(cfg, **changes)
     check_config(result, prefix)  # the declared value ranges (vitkit.checks)
     return result
@@ -142,6 +160,37 @@ def to_dict(cfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(cfg_cls, data: Mapping[str, Any]):
-    """Rebuild a config dataclass from :func:`to_dict` output (typed, checked)."""
-    return apply_overrides(cfg_cls(), dict(data))
+def from_dict(cfg_cls, data: Mapping[str, Any], base=None):
+    """Rebuild a config dataclass from :func:`to_dict` output (typed, checked), on top of
+    ``base`` (default: the class's defaults).
+
+    Dicts in an earlier layout are first brought up to date by ``cfg_cls.migrate`` if the
+    class defines it (e.g. fields that now live in a nested config).
+    """
+    migrate = getattr(cfg_cls, "migrate", None)
+    data = migrate(dict(data)) if migrate else dict(data)
+    return apply_overrides(cfg_cls() if base is None else base, data)
+
+
+def nest_fields(data: dict, group: str, names) -> dict:
+    """Move top-level ``names`` of a config dict into its nested ``group`` (for ``migrate``)."""
+    moved = {k: data.pop(k) for k in list(data) if k in names}
+    if moved:
+        data[group] = {**moved, **dict(data.get(group) or {})}
+    return data
+
+
+def changed_fields(cfg, base) -> dict[str, Any]:
+    """Dotted keys (and JSON-ready values) where ``cfg`` differs from ``base`` of the same class."""
+    new, old = to_dict(cfg), to_dict(base)
+    out: dict[str, Any] = {}
+
+    def walk(a: dict, b: dict, prefix: str) -> None:
+        for key, value in a.items():
+            if isinstance(value, dict) and isinstance(b.get(key), dict):
+                walk(value, b[key], f"{prefix}{key}.")
+            elif value != b.get(key):
+                out[prefix + key] = value
+
+    walk(new, old, "")
+    return out

@@ -1,7 +1,7 @@
 """``vitkit bench MODEL``: images/s, step latency, peak memory, params, FLOPs, % of matmul peak."""
 from __future__ import annotations
 
-from vitkit.commands.options import add_device_option, device_of
+from vitkit.commands.options import add_device_option, add_set_argument, device_of, model_sets
 
 HELP = "benchmark inference/training speed, memory and FLOPs (optionally against timm, interleaved)"
 
@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory step")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--peak-n", type=int, default=2048, help="side of the square matmul that measures the peak")
+    add_set_argument(p, "model.depth=6 model.backbone.depth=50 (model. is optional)")
     add_device_option(p)
 
 
@@ -61,7 +62,7 @@ def run(args) -> int:
     device = device_of(args)
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
                       args.train, args.grad_ckpt, args.iters, args.warmup, compare=args.compare,
-                      memory=not args.no_memory, device=str(device))
+                      memory=not args.no_memory, device=str(device), overrides=model_sets(args))
     cfg.validate()
     peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device)
     results = run_bench(cfg, peak)

@@ -1,7 +1,7 @@
 """``vitkit eval RUN_DIR_OR_MODEL``: accuracy / mIoU, per-class numbers, confusion matrix."""
 from __future__ import annotations
 
-from vitkit.commands.options import add_device_option, device_of
+from vitkit.commands.options import add_device_option, add_set_argument, device_of, split_sets
 
 HELP = "evaluate a run dir or saved model: top-1/top-5, per-class accuracy, confusion matrix (mIoU for segmentation)"
 
@@ -11,20 +11,20 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default=None, help="data set name (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data directory (default: the run's)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate")
-    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="data overrides, e.g. data.limit_val=500")
+    add_set_argument(p, "data.limit_val=500 model.img_size=32 (a key without a prefix is a data key)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="where to write confusion.png and metrics (default: RUN_DIR/plots)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_device_option(p)
 
 
-def data_config(args, model):
-    """The run's data config (if a run dir) with --data/--set on top, at the model's input size."""
+def data_config(args, model, sets: dict[str, str]):
+    """The run's data config (if a run dir) with --data and the data --set keys on top, at the
+    model's input size."""
     import dataclasses
     from pathlib import Path
 
-    from vitkit.config import apply_overrides, parse_set_args
+    from vitkit.config import apply_overrides
     from vitkit.data import DataConfig
     from vitkit.engine.run_config import CONFIG_FILE, load_run_config
     from vitkit.errors import VitkitError
@@ -35,13 +35,12 @@ def data_config(args, model):
     if base is None and args.data is None:
         raise VitkitError(f"{args.model} is not a training run dir, so its data set is unknown; pass --data NAME")
     base = dataclasses.replace(base or DataConfig(), augment="none", mixup_alpha=0.0, cutmix_alpha=0.0)
-    overrides = {k[len("data."):] if k.startswith("data.") else k: v for k, v in parse_set_args(args.sets).items()}
+    overrides = dict(sets)
     for key, value in (("name", args.data), ("data_dir", args.data_dir)):
         if value is not None:
             overrides[key] = value
     cfg = apply_overrides(base, overrides, prefix="data.")
-    size = model.config.img_size
-    return dataclasses.replace(cfg, img_size=size[0] if isinstance(size, (tuple, list)) else size)
+    return dataclasses.replace(cfg, img_size=model.config.img_size[0])
 
 
 def run(args) -> int:
@@ -63,8 +62,9 @@ def run(args) -> int:
     source = resolve(args.model)
     if source.weights is None or source.cls is None:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
-    model, model_dir = create_model(source).to(device), source.weights.parent
-    bundle = build_data(data_config(args, model))
+    sets = split_sets(args.sets, ("model", "data"), "data")
+    model, model_dir = create_model(source, **sets["model"]).to(device), source.weights.parent
+    bundle = build_data(data_config(args, model, sets["data"]))
     if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
         raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "
                           f"{bundle.num_classes} / {bundle.in_chans} in the data; "

@@ -1,7 +1,7 @@
 """``vitkit explain MODEL_OR_RUN IMAGE``: attention maps and rollout as PNG overlays."""
 from __future__ import annotations
 
-from vitkit.commands.options import add_device_option, device_of
+from vitkit.commands.options import add_device_option, add_set_argument, device_of, model_sets
 
 HELP = "explain a prediction: per-layer/per-head attention, CLS maps and attention rollout as PNGs"
 
@@ -14,13 +14,15 @@ def add_arguments(p) -> None:
                    help="layers to draw per-head maps for (default: all; negatives count from the end)")
     p.add_argument("--fusion", choices=("mean", "max", "min"), default="mean",
                    help="how rollout fuses the heads of a layer (default: mean)")
+    add_set_argument(p, "model.img_size=32 (model. is optional)")
     add_device_option(p)
 
 
 def run(args) -> int:
     from vitkit.tools.explain import explain_image
 
-    exp, paths = explain_image(args.model, args.image, args.out, args.layer, args.fusion, device_of(args))
+    exp, paths = explain_image(args.model, args.image, args.out, args.layer, args.fusion, device_of(args),
+                               model_sets(args))
     logits = exp.logits
     if logits.ndim == 2:
         probs = logits.float().softmax(-1)[0]

@@ -1,7 +1,7 @@
 """``vitkit export MODEL_OR_RUN --format onnx|torch-export|pretrained``: export and verify against PyTorch."""
 from __future__ import annotations
 
-from vitkit.commands.options import add_device_option, device_of
+from vitkit.commands.options import add_device_option, add_set_argument, device_of, model_sets
 
 HELP = ("export to ONNX (dynamic batch, checked with onnxruntime) or torch.export (.pt2); "
         "a run's checkpoint (sharded too) to a save_pretrained dir")
@@ -17,6 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--img-size", type=int, default=None, help="export for this image size (default: the model's)")
     p.add_argument("--images", nargs="+", default=None,
                    help="image files to check the export on (default: random batches of 1 and 3)")
+    add_set_argument(p, "model.img_size=32 (model. is optional)")
     add_device_option(p)
 
 
@@ -55,7 +56,7 @@ def run(args) -> int:
         raise VitkitError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}, pretrained")
     if args.format == "onnx":
         check_opset(args.opset)  # before any work
-    overrides = {"img_size": args.img_size} if args.img_size else {}
+    overrides = {**model_sets(args), **({"img_size": args.img_size} if args.img_size else {})}
     model = create_model(args.model, **overrides).eval().to(device_of(args))
     pre = model.preprocess
     out = args.out or f"{Path(str(args.model).rstrip('/')).name}{SUFFIX[args.format]}"

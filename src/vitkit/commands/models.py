@@ -21,7 +21,9 @@ def run(args) -> int:
     for name in names:
         entry = get_entry(name)
         cfg = entry.config
-        line = f"{name:<{width}}  {entry.cls.__name__:<20} img {str(cfg.img_size):<4} in_chans {cfg.in_chans}"
+        h, w = cfg.img_size
+        size = str(h) if h == w else f"{h}x{w}"
+        line = f"{name:<{width}}  {entry.cls.__name__:<20} img {size:<4} in_chans {cfg.in_chans}"
         if args.params:
             n = sum(p.numel() for p in entry.build().parameters())
             line += f"  {n / 1e6:8.2f}M params"

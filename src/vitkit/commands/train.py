@@ -1,7 +1,7 @@
 """``vitkit train``: a named recipe + typed ``--set`` overrides -> a run directory."""
 from __future__ import annotations
 
-from vitkit.commands.options import add_device_option
+from vitkit.commands.options import add_device_option, add_set_argument
 
 HELP = "train any registered model from a recipe (+ --set overrides); resume with --resume RUN_DIR"
 
@@ -11,8 +11,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="registered model name (overrides the recipe's)")
     p.add_argument("--data", default=None, help="data set: digits, fashion-mnist, imagefolder, seg-canvas, seg-folder")
     p.add_argument("--data-dir", default=None, help="where the data set lives (same as --set data.data_dir=...)")
-    p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="typed overrides, e.g. optim.lr=1e-3 model.depth=4 data.limit_train=512")
+    add_set_argument(p, "optim.lr=1e-3 model.depth=4 model.vt.num_tokens=8 data.limit_train=512")
     p.add_argument("--out", default=None, help="run directory (default: runs/<recipe>)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (with --resume: extend the run)")
     add_device_option(p, default=None)
@@ -35,12 +34,7 @@ def build_config(args):
                        ("epochs", args.epochs), ("out_dir", args.out), ("device", args.device)):
         if value is not None:
             overrides[key] = value
-    base = get_recipe(args.recipe or DEFAULT_RECIPE)
-    if "model" in overrides and overrides["model"] != base.model:
-        import dataclasses
-
-        base = dataclasses.replace(base, model=str(overrides.pop("model")), model_overrides={})
-    return resolve(base, overrides)
+    return resolve(get_recipe(args.recipe or DEFAULT_RECIPE), overrides)
 
 
 def resume_config(args):

@@ -70,17 +70,12 @@ def hf_config(hf_model: nn.Module) -> ViTConfig:
     if int(dim * mlp_ratio) != c.intermediate_size:
         raise VitkitError(f"intermediate_size {c.intermediate_size} is not representable as hidden_size * mlp_ratio")
     return ViTConfig(
-        img_size=_pair_or_int(c.image_size), patch_size=_square_patch(c.patch_size), in_chans=c.num_channels,
+        img_size=c.image_size, patch_size=_square_patch(c.patch_size), in_chans=c.num_channels,
         num_classes=c.num_labels if name == "ViTForImageClassification" else 0,
         embed_dim=dim, depth=c.num_hidden_layers, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=bool(c.qkv_bias),
         class_token=True, global_pool="token", drop_rate=float(c.hidden_dropout_prob),
         attn_drop_rate=float(c.attention_probs_dropout_prob), norm_eps=float(c.layer_norm_eps),
     )
-
-
-def _pair_or_int(size) -> int | tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return int(h) if h == w else (int(h), int(w))
 
 
 def _square_patch(size) -> int:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from vitkit.errors import VitkitError
-from vitkit.layers import to_2tuple
 from vitkit.layers.patch_embed import HYBRID_BACKBONES
 from vitkit.layers.resnet import LAYOUTS
 from vitkit.models.hub import check_state_dict
@@ -270,7 +269,7 @@ def _check_pos_embed(pos: torch.Tensor, cfg: ViTConfig) -> None:
     """A pos-embedding one prefix-count short is timm's ``no_embed_class`` layout."""
     prefix = int(cfg.class_token) + int(cfg.distilled)
     stride = cfg.patch_size * (4 * 2 ** (cfg.hybrid_stages - 1) if cfg.hybrid_backbone else 1)
-    h, w = to_2tuple(cfg.img_size)
+    h, w = cfg.img_size
     if prefix and pos.shape[1] == (h // stride) * (w // stride):
         raise _unsupported("no_embed_class=True (pos_embed has no entries for the prefix tokens)")
 

@@ -1,10 +1,15 @@
-"""Named training recipes: plain :class:`RunConfig` instances (override any field with --set)."""
+"""Named training recipes: plain :class:`RunConfig` instances (override any field with --set).
+
+``model=NAME`` takes a preset as registered; a recipe that changes it passes the changed config
+(``get_config(NAME, field=value)``) with ``model_name=NAME``.
+"""
 from __future__ import annotations
 
 from vitkit.config import close_matches
 from vitkit.data import DataConfig
 from vitkit.engine.run_config import OptimConfig, RunConfig, ScheduleConfig
 from vitkit.errors import VitkitError
+from vitkit.registry import get_config
 
 DEFAULT_RECIPE = "digits_vit"
 
@@ -30,9 +35,9 @@ RECIPES: dict[str, RunConfig] = {
     # on 1 thread, so 22 epochs take ~75 min; crop + flip, label smoothing and drop-path against the over-fitting
     # the fast recipe shows; test accuracy every 2 epochs for the learning curve.
     "fmnist_vit_long": RunConfig(
-        model="vit_mini_convstem_28", model_overrides=dict(drop_path_rate=0.1), data=_FMNIST,
-        optim=OptimConfig(lr=1.5e-3, weight_decay=0.05), schedule=ScheduleConfig(warmup_epochs=1), epochs=22,
-        batch_size=128, label_smoothing=0.1, threads=1, eval_every=2, out_dir="runs/fmnist_vit_long"),
+        model_name="vit_mini_convstem_28", model=get_config("vit_mini_convstem_28", drop_path_rate=0.1),
+        data=_FMNIST, optim=OptimConfig(lr=1.5e-3, weight_decay=0.05), schedule=ScheduleConfig(warmup_epochs=1),
+        epochs=22, batch_size=128, label_smoothing=0.1, threads=1, eval_every=2, out_dir="runs/fmnist_vit_long"),
     "fmnist_resnet18": RunConfig(
         model="resnet18_28", data=_FMNIST, optim=OptimConfig(lr=2e-3, weight_decay=0.05),
         epochs=10, batch_size=128, out_dir="runs/fmnist_resnet18"),

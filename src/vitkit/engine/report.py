@@ -13,7 +13,7 @@ from vitkit.io import atomic_write_json
 def write_report(run, metrics: dict, examples=None) -> None:
     """metrics.json, learning curves, confusion matrix; ``examples`` from :func:`segmentation_examples`."""
     plots = run.run_dir / "plots"
-    data = {"model": run.cfg.model, "data": run.cfg.data.name, "task": run.task,
+    data = {"model": run.cfg.model_name, "data": run.cfg.data.name, "task": run.task,
             "epochs": run.cfg.epochs, "global_step": run.global_step, **metrics}
     atomic_write_json(run.run_dir / "metrics.json", data)
     if run.history:

@@ -1,8 +1,8 @@
 """The run configuration: one typed, nested dataclass; recipes are instances of it.
 
-``--set`` keys starting with ``model.`` override the model preset (checked against the
-preset's own config class via :func:`vitkit.registry.get_config`); every other key goes
-through :func:`vitkit.config.apply_overrides` on :class:`RunConfig`.
+``RunConfig.model`` is the typed config of a registered preset (``model_name`` records
+which), so ``--set model.depth=4`` or ``model.vt.num_tokens=8`` are checked against the
+model's own config class like every other key; ``model=NAME`` switches to another preset.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from vitkit.checks import (
     each,
     optional,
 )
-from vitkit.config import apply_overrides, to_dict
+from vitkit.config import apply_overrides, from_dict, to_dict
 from vitkit.data import DataConfig
 from vitkit.engine.device import check_device_name
 from vitkit.errors import VitkitError
 from vitkit.io import atomic_write_json
+from vitkit.registry import get_config, get_entry
 
 CONFIG_FILE = "config.json"
 
@@ -83,8 +84,8 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: str = "vit_mini_patch2_8"
-    model_overrides: dict = field(default_factory=dict)  # typed values of `--set model.KEY=...`
+    model_name: str = ""  # the registered preset `model` comes from (filled in from a name)
+    model: Any = "vit_mini_patch2_8"  # a preset name, or its typed config; always the config after init
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -118,6 +119,15 @@ class RunConfig:
         "threads": NON_NEGATIVE_INT, "eval_every": COUNT, "log_every": COUNT,
     }
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):  # a preset name: its config
+            object.__setattr__(self, "model_name", self.model)
+            object.__setattr__(self, "model", get_config(self.model))
+        expected = type(get_entry(self.model_name).config)
+        if type(self.model) is not expected:
+            raise VitkitError(f"model is a {type(self.model).__name__} but preset '{self.model_name}' has a "
+                              f"{expected.__name__}; pass the preset name or a config of its class")
+
     def validate(self) -> None:
         """Every declared range of the run config and of the configs nested in it, then the
         combinations that no single range can express."""
@@ -131,32 +141,39 @@ class RunConfig:
                               "this process's shard of the gradients); use precision=bf16")
 
 
-def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Separate ``model.KEY`` overrides (model preset) from run-config overrides."""
-    model, run = {}, {}
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[str | None, dict, dict]:
+    """(preset name from ``model=NAME`` or None, ``model.KEY`` overrides, run-config overrides)."""
+    name, model, run = None, {}, {}
     for key, value in overrides.items():
         if key == "model_overrides":
             raise VitkitError("set model fields one at a time as model.NAME=VALUE (e.g. model.depth=6), "
                               "not model_overrides=...")
-        if key.startswith("model."):
+        if key == "model_name":
+            raise VitkitError("choose the model preset with --model NAME (or model=NAME), not model_name=...")
+        if key == "model":
+            name = str(value)
+        elif key.startswith("model."):
             model[key[len("model."):]] = value
         else:
             run[key] = value
-    return model, run
+    return name, model, run
 
 
 def resolve(base: RunConfig, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Apply typed overrides to ``base``; model keys are checked against the model preset."""
-    from vitkit.registry import get_config
-
-    model_kv, run_kv = split_overrides(overrides or {})
+    """Apply typed overrides to ``base``: ``model=NAME`` starts from that preset's config
+    (unless it is ``base``'s own), then ``model.KEY`` overrides are checked against its class.
+    A key that names no run-config field but a field of the model (``vt.num_tokens``) is a model key."""
+    name, model_kv, run_kv = split_overrides(overrides or {})
+    if name is not None and name != base.model_name:
+        base = dataclasses.replace(base, model=name)
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    model_fields = {f.name for f in dataclasses.fields(base.model)}
+    for key in list(run_kv):
+        head = key.partition(".")[0]
+        if head not in run_fields and head in model_fields:
+            model_kv.setdefault(key, run_kv.pop(key))
     cfg = apply_overrides(base, run_kv)
-    merged = {**cfg.model_overrides, **model_kv}
-    if "." in "".join(merged):
-        raise VitkitError("nested model overrides are not supported; set model fields as model.NAME=VALUE")
-    model_cfg = get_config(cfg.model, **merged)  # unknown keys / wrong types raise here
-    typed = {k: getattr(model_cfg, k) for k in merged}
-    cfg = dataclasses.replace(cfg, model_overrides=json.loads(json.dumps(typed)))
+    cfg = dataclasses.replace(cfg, model=apply_overrides(cfg.model, model_kv))
     cfg.validate()
     return cfg
 
@@ -165,15 +182,25 @@ def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
     atomic_write_json(Path(run_dir) / CONFIG_FILE, to_dict(cfg))
 
 
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from :func:`to_dict` output, or from the layout with the preset name
+    in ``model`` and its changed fields in ``model_overrides``."""
+    data = dict(data)
+    if isinstance(data.get("model"), str):
+        name, model_data = data.pop("model"), data.pop("model_overrides", {})
+    else:
+        name, model_data = data.pop("model_name"), data.pop("model")
+    cfg = RunConfig(model=name)
+    model = from_dict(type(cfg.model), model_data, base=cfg.model)
+    return dataclasses.replace(apply_overrides(cfg, data), model=model)
+
+
 def load_run_config(run_dir) -> RunConfig:
     """The resolved config a run was started with (``RUN_DIR/config.json``)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise VitkitError(f"{path} not found; is {run_dir} a directory written by `vitkit train`?")
     try:
-        data = json.loads(path.read_text())
-        model_overrides = data.pop("model_overrides", {})
-        cfg = apply_overrides(RunConfig(), data)
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        return run_config_from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
         raise VitkitError(f"cannot read run config {path}: {exc}; the file is corrupt") from None
-    return dataclasses.replace(cfg, model_overrides=dict(model_overrides))

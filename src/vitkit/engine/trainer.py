@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitkit.config import image_size
 from vitkit.data import DataBundle, build_data
 from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -32,6 +33,7 @@ from vitkit.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from vitkit.engine.run_config import RunConfig, save_run_config
 from vitkit.engine.runlock import lock_run_dir
 from vitkit.errors import VitkitError
+from vitkit.registry import get_config, get_entry
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_PREEMPTED = 75  # SIGTERM / SIGUSR1 (sysexits EX_TEMPFAIL: try again later, with --resume)
@@ -119,28 +121,26 @@ def resolve_data_config(cfg: RunConfig) -> RunConfig:
     """Data at the model's input size unless ``data.img_size`` is set (then the model follows)."""
     if cfg.data.img_size is not None:
         return cfg
-    from vitkit.registry import get_config
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, img_size=cfg.model.img_size[0]))
 
-    size = get_config(cfg.model, **cfg.model_overrides).img_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, img_size=int(size)))
+
+def model_config_for(cfg: RunConfig, bundle: DataBundle):
+    """The run's model config sized for the data (classes, channels, image size); a size the
+    run changed from its preset must agree with the data."""
+    preset = get_config(cfg.model_name)
+    sizes = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, "img_size": image_size(bundle.img_size)}
+    for key, value in sizes.items():
+        given = getattr(cfg.model, key)
+        if given != value and given != getattr(preset, key):
+            shown = given[0] if key == "img_size" and given[0] == given[1] else given
+            raise VitkitError(f"model.{key}={shown} does not match the data ({key}={getattr(bundle, key)}); "
+                              "drop the override or change the data (e.g. data.img_size)")
+    return dataclasses.replace(cfg.model, **sizes)
 
 
 def build_model(cfg: RunConfig, bundle: DataBundle) -> torch.nn.Module:
     """The registered model sized for the data (classes, channels, image size)."""
-    from vitkit.registry import create_model
-
-    overrides = dict(cfg.model_overrides)
-    for key, value in (("num_classes", bundle.num_classes), ("in_chans", bundle.in_chans),
-                       ("img_size", bundle.img_size)):
-        given = overrides.get(key, value)
-        if key == "img_size" and isinstance(given, (list, tuple)):
-            given = given[0] if len(set(given)) == 1 else given
-        if given != value:
-            raise VitkitError(f"model.{key}={given} does not match the data ({key}={value}); drop the override "
-                              f"or change the data (e.g. data.img_size)")
-        overrides[key] = value
-    model = create_model(cfg.model, **overrides)
+    model = get_entry(cfg.model_name).cls(model_config_for(cfg, bundle))
     model.preprocess, model.class_names = bundle.preprocess, list(bundle.class_names)  # saved with the weights
     return model
 
@@ -183,6 +183,7 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     logger = RunLogger(run_dir, cfg.tensorboard, enabled=info.is_main)
+    cfg = dataclasses.replace(cfg, model=model.config)  # what is saved: the model as built
     return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn,
                grad_scaler(cfg.precision, info.device), logger)
 
@@ -317,7 +318,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, info: D.DistInfo, resume: bool)
     start = restore(run) if resume else (0, 0, None)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(cfg, run_dir)
+        save_run_config(run.cfg, run_dir)
         run.logger.rewrite(run.history)
     try:
         metrics = fit(run, *start)

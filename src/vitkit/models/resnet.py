@@ -7,12 +7,13 @@ torchvision state dict of the same depth and width loads after prefixing ``trunk
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
 from torch import nn
 
+from vitkit.config import image_size, nest_fields
 from vitkit.errors import VitkitError
 from vitkit.layers.resnet import LAYOUTS, ResNetTrunk
 from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel, stage_outputs
@@ -20,10 +21,9 @@ from vitkit.models.catalog import register_family, register_presets
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
-    img_size: int = 224
-    in_chans: int = 3
-    num_classes: int = 1000
+class ResNetTrunkConfig:
+    """The ResNet trunk (stem + stages): the backbone that VT-ResNet and the FPN models nest."""
+
     depth: Literal[18, 34, 50, 101] = 18
     base_width: int = 64  # stage widths: base, 2 base, 4 base, 8 base (x4 for bottlenecks)
     small_stem: bool = False  # 3x3 stride-1 stem without max-pool (28-32 px images)
@@ -31,16 +31,37 @@ class ResNetConfig:
     def validate(self) -> None:
         if self.depth not in LAYOUTS:
             raise VitkitError(f"unknown ResNet depth {self.depth}; choose one of {', '.join(map(str, LAYOUTS))}")
-        for name in ("in_chans", "base_width"):
-            if getattr(self, name) < 1:
-                raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.base_width < 1:
+            raise VitkitError(f"base_width must be >= 1, got {self.base_width}")
+
+
+def nest_trunk_fields(data: dict) -> dict:
+    """A config dict with the trunk's fields at the top (an earlier layout) -> under ``backbone``."""
+    return nest_fields(data, "backbone", [f.name for f in fields(ResNetTrunkConfig)])
+
+
+@dataclass(frozen=True)
+class ResNetConfig(ResNetTrunkConfig):
+    """A ResNet classifier: its trunk's fields plus the input and the head."""
+
+    img_size: int | tuple[int, int] = 224  # stored as (H, W)
+    in_chans: int = 3
+    num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", image_size(self.img_size))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.in_chans < 1:
+            raise VitkitError(f"in_chans must be >= 1, got {self.in_chans}")
         if self.num_classes < 0:
             raise VitkitError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
 
 
-def trunk_from(cfg, num_stages: int = 4) -> ResNetTrunk:
-    """The trunk a ResNet-shaped config describes (depth, in_chans, base_width, small_stem)."""
-    return ResNetTrunk(cfg.depth, cfg.in_chans, cfg.base_width, cfg.small_stem, num_stages)
+def trunk_from(cfg: ResNetTrunkConfig, in_chans: int, num_stages: int = 4) -> ResNetTrunk:
+    """The trunk a trunk config describes, for ``in_chans`` input channels."""
+    return ResNetTrunk(cfg.depth, in_chans, cfg.base_width, cfg.small_stem, num_stages)
 
 
 def trunk_feature_info(trunk: ResNetTrunk, prefix: str) -> FeatureInfoList:
@@ -60,7 +81,7 @@ class ResNet(VitkitModel):
         super().__init__()
         config.validate()
         self.config = config
-        self.trunk = trunk_from(config)
+        self.trunk = trunk_from(config, config.in_chans)
         self.num_features = self.trunk.channels[-1]
         self.fc = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
         self.feature_info = trunk_feature_info(self.trunk, "trunk")

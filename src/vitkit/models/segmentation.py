@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.fx
@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vitkit.config import image_size, nest_fields
 from vitkit.errors import VitkitError
 from vitkit.layers.helpers import maybe_checkpoint
 from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
 from vitkit.models.base import FeatureInfoList, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
-from vitkit.models.resnet import LAYOUTS, trunk_feature_info, trunk_from
+from vitkit.models.resnet import ResNetTrunkConfig, nest_trunk_fields, trunk_feature_info, trunk_from
 from vitkit.models.vit import VisionTransformer, ViTConfig
 
 torch.fx.wrap("rearrange")  # einops needs real tensors; traced as one call
@@ -113,21 +114,25 @@ class SemanticHead(nn.Module):
 
 @dataclass(frozen=True)
 class SemanticFPNConfig:
-    img_size: int = 512
+    img_size: int | tuple[int, int] = 512  # stored as (H, W)
     in_chans: int = 3
     num_classes: int = 20
-    depth: Literal[18, 34, 50, 101] = 50
-    base_width: int = 64
-    small_stem: bool = False
+    backbone: ResNetTrunkConfig = field(default_factory=lambda: ResNetTrunkConfig(depth=50))
     neck: Literal["fpn", "vt_fpn"] = "fpn"
     fpn_dim: int = 256
     head_dim: int = 128
     vt: VTConfig = field(default_factory=lambda: VTConfig(num_tokens=8))
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", image_size(self.img_size))
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        return nest_trunk_fields(data)
+
     def validate(self) -> None:
-        if self.depth not in LAYOUTS:
-            raise VitkitError(f"unknown ResNet depth {self.depth}; choose one of {', '.join(map(str, LAYOUTS))}")
-        for name in ("in_chans", "num_classes", "base_width", "fpn_dim", "head_dim"):
+        self.backbone.validate()
+        for name in ("in_chans", "num_classes", "fpn_dim", "head_dim"):
             if getattr(self, name) < 1:
                 raise VitkitError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -167,7 +172,7 @@ class SemanticFPN(_DenseModel):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.backbone = trunk_from(c)
+        self.backbone = trunk_from(c.backbone, c.in_chans)
         chans, reds = self.backbone.channels, self.backbone.reductions
         self.neck = FPNNeck(chans, c.fpn_dim) if c.neck == "fpn" else VTFPNNeck(chans, c.fpn_dim, c.vt)
         self.head = SemanticHead(c.fpn_dim, c.head_dim, len(reds), c.num_classes)
@@ -220,19 +225,30 @@ class SemanticFPN(_DenseModel):
 
 @dataclass(frozen=True)
 class ViTSegConfig:
-    img_size: int = 224
+    """A ViT backbone and a dense head. The backbone's ``img_size``, ``in_chans`` and
+    ``num_classes`` follow the fields here; it is built without its classifier."""
+
+    img_size: int | tuple[int, int] = 224  # stored as (H, W)
     in_chans: int = 3
     num_classes: int = 21
-    patch_size: int = 16
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
+    backbone: ViTConfig = field(default_factory=lambda: ViTConfig(embed_dim=384, depth=12, num_heads=6))
     indices: tuple[int, ...] = (-1,)  # blocks whose outputs are concatenated
     decoder_dim: int = 256
 
-    def vit_config(self) -> ViTConfig:
-        return ViTConfig(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans, num_classes=0,
-                         embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
+    derived: ClassVar[dict[str, str]] = {  # set by __post_init__ (see apply_overrides)
+        "backbone.img_size": "set img_size instead", "backbone.in_chans": "set in_chans instead",
+        "backbone.num_classes": "set num_classes instead"}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", image_size(self.img_size))
+        backbone = dataclasses.replace(self.backbone, img_size=self.img_size, in_chans=self.in_chans,
+                                       num_classes=self.num_classes)
+        object.__setattr__(self, "backbone", backbone)
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """The flat layout (the backbone's patch_size, embed_dim, depth, num_heads at the top) -> nested."""
+        return nest_fields(data, "backbone", ("patch_size", "embed_dim", "depth", "num_heads"))
 
 
 @register_family
@@ -248,11 +264,11 @@ class ViTSeg(_DenseModel):
         if config.num_classes < 1 or config.decoder_dim < 1 or not config.indices:
             raise VitkitError("ViTSeg needs num_classes >= 1, decoder_dim >= 1 and at least one block index")
         self.config = c = config
-        self.backbone = VisionTransformer(c.vit_config())
+        self.backbone = VisionTransformer(dataclasses.replace(c.backbone, num_classes=0))  # no classifier
         self.backbone.take_indices(list(c.indices))
         d = c.decoder_dim
-        self.neck = nn.Sequential(nn.Conv2d(c.embed_dim * len(c.indices), d, 1, bias=False), nn.BatchNorm2d(d),
-                                  nn.ReLU(inplace=True))
+        self.neck = nn.Sequential(nn.Conv2d(c.backbone.embed_dim * len(c.indices), d, 1, bias=False),
+                                  nn.BatchNorm2d(d), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.BatchNorm2d(d),
                                   nn.ReLU(inplace=True), nn.Conv2d(d, c.num_classes, 1))
         self.num_features = d
@@ -268,7 +284,7 @@ class ViTSeg(_DenseModel):
         self._check_head()
         if pre_logits:
             return feats
-        return self._upsample(self.head(feats), size, self.config.patch_size)
+        return self._upsample(self.head(feats), size, self.config.backbone.patch_size)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
@@ -305,15 +321,17 @@ def _presets() -> tuple[dict, dict, dict]:
     vt_paper = VTConfig(num_tokens=8)
     paper = {f"{neck}_resnet50_512": SemanticFPNConfig(neck=neck) for neck in ("fpn", "vt_fpn")}
     paper["vit_seg_small_patch16_224"] = ViTSegConfig()
-    small64 = dict(img_size=64, num_classes=4, depth=18, fpn_dim=128, head_dim=64)
+    small64 = dict(img_size=64, num_classes=4, backbone=ResNetTrunkConfig(depth=18), fpn_dim=128, head_dim=64)
     small = {f"{neck}_resnet18_64": SemanticFPNConfig(neck=neck, **small64) for neck in ("fpn", "vt_fpn")}
-    small["vit_seg_mini_patch4_64"] = ViTSegConfig(img_size=64, num_classes=4, patch_size=4, embed_dim=192,
-                                                   depth=6, num_heads=3, indices=(2, 5), decoder_dim=128)
-    tiny = dict(img_size=32, num_classes=3, depth=18, base_width=8, fpn_dim=16, head_dim=8)
+    small["vit_seg_mini_patch4_64"] = ViTSegConfig(
+        img_size=64, num_classes=4, backbone=ViTConfig(patch_size=4, embed_dim=192, depth=6, num_heads=3),
+        indices=(2, 5), decoder_dim=128)
+    tiny = dict(img_size=32, num_classes=3, backbone=ResNetTrunkConfig(depth=18, base_width=8), fpn_dim=16, head_dim=8)
     test = {
         "fpn_test": SemanticFPNConfig(**tiny),
         "vt_fpn_test": SemanticFPNConfig(neck="vt_fpn", **tiny, vt=dataclasses.replace(vt_paper, num_tokens=4)),
-        "vit_seg_test": ViTSegConfig(img_size=16, num_classes=3, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+        "vit_seg_test": ViTSegConfig(img_size=16, num_classes=3,
+                                     backbone=ViTConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2),
                                      indices=(0, 1), decoder_dim=16),
     }
     return paper, small, test

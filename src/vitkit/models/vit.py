@@ -14,8 +14,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from vitkit.config import image_size
 from vitkit.errors import VitkitError
-from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed, to_2tuple
+from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed
 from vitkit.layers.helpers import drop_path_ramp, maybe_checkpoint
 from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel
 from vitkit.models.catalog import register_family, register_presets
@@ -25,7 +26,7 @@ torch.fx.wrap("resample_pos_embed")  # traced as one call: the patch grid is kno
 
 @dataclass(frozen=True)
 class ViTConfig:
-    img_size: int | tuple[int, int] = 224
+    img_size: int | tuple[int, int] = 224  # stored as (H, W)
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000
@@ -48,6 +49,9 @@ class ViTConfig:
     hybrid_stages: int = 3
     conv_stem: tuple[int, ...] = ()  # ViT_C stem channels (3x3 stride-2 convs); needs patch_size 2^len
     grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", image_size(self.img_size))
 
     def validate(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -97,7 +101,7 @@ class VisionTransformer(VitkitModel):
             self.patch_embed = ConvStemEmbed(tuple(c.conv_stem), c.in_chans, d)
         else:
             self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, d)
-        self.grid = self.patch_embed.grid(*to_2tuple(c.img_size))
+        self.grid = self.patch_embed.grid(*c.img_size)
         self.num_prefix = int(c.class_token) + int(c.distilled)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if c.distilled else None

@@ -11,40 +11,44 @@ projector: its map would feed nothing in classification (the head reads the toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
+from vitkit.config import image_size
 from vitkit.errors import VitkitError
 from vitkit.layers.vt import VTConfig, vt_stack
 from vitkit.models.base import FeatureInfo, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
-from vitkit.models.resnet import LAYOUTS, trunk_feature_info, trunk_from
+from vitkit.models.resnet import LAYOUTS, ResNetTrunkConfig, nest_trunk_fields, trunk_feature_info, trunk_from
 
 PAPER_MODULES = {18: 2, 34: 3, 50: 3, 101: 3}
 
 
 @dataclass(frozen=True)
 class VTResNetConfig:
-    img_size: int = 224
+    img_size: int | tuple[int, int] = 224  # stored as (H, W)
     in_chans: int = 3
     num_classes: int = 1000
-    depth: Literal[18, 34, 50, 101] = 18
-    base_width: int = 64
-    small_stem: bool = False  # 3x3 stride-1 stem without max-pool (28-32 px images)
+    backbone: ResNetTrunkConfig = field(default_factory=ResNetTrunkConfig)  # its stages 1-3 are used
     num_modules: int | None = None  # None = the paper's 2/3/3/3 for R18/34/50/101
     vt: VTConfig = field(default_factory=VTConfig)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", image_size(self.img_size))
+
+    @classmethod
+    def migrate(cls, data: dict) -> dict:
+        return nest_trunk_fields(data)
+
     def validate(self) -> None:
-        if self.depth not in LAYOUTS:
-            raise VitkitError(f"unknown ResNet depth {self.depth}; choose one of {', '.join(map(str, LAYOUTS))}")
+        self.backbone.validate()
         if self.num_modules is not None and self.num_modules < 1:
             raise VitkitError(f"num_modules must be >= 1, got {self.num_modules}")
         if self.num_classes < 0:
             raise VitkitError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
-        if self.in_chans < 1 or self.base_width < 1:
-            raise VitkitError("in_chans and base_width must be >= 1")
+        if self.in_chans < 1:
+            raise VitkitError(f"in_chans must be >= 1, got {self.in_chans}")
 
 
 @register_family
@@ -56,10 +60,10 @@ class VTResNet(VitkitModel):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.trunk = trunk_from(c, num_stages=3)
+        self.trunk = trunk_from(c.backbone, c.in_chans, num_stages=3)
         channels = self.trunk.channels[-1]
         c.vt.validate(channels)
-        n = c.num_modules or PAPER_MODULES[c.depth]
+        n = c.num_modules or PAPER_MODULES[c.backbone.depth]
         self.vt = vt_stack(channels, c.vt, n, last_projector=False)
         self.num_features = c.vt.token_channels or channels
         self.fc = nn.Linear(self.num_features, c.num_classes) if c.num_classes else nn.Identity()
@@ -128,18 +132,20 @@ class VTResNet(VitkitModel):
 
 
 def _presets() -> tuple[dict, dict, dict]:
-    paper = {f"vt_resnet{d}": VTResNetConfig(depth=d) for d in LAYOUTS}
+    paper = {f"vt_resnet{d}": VTResNetConfig(backbone=ResNetTrunkConfig(depth=d)) for d in LAYOUTS}
     seed = VTConfig(transformer="seed", pos_encoding=True, tokenizer_value=True, projector_value=True)
     paper["vt_resnet18_seed"] = VTResNetConfig(vt=seed)
+    r18_small, r34_small = ResNetTrunkConfig(small_stem=True), ResNetTrunkConfig(depth=34, small_stem=True)
     small = {
-        "vt_resnet18_28": VTResNetConfig(img_size=28, in_chans=1, num_classes=10, small_stem=True),
-        "vt_resnet18_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, small_stem=True),
-        "vt_resnet34_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, depth=34, small_stem=True),
+        "vt_resnet18_28": VTResNetConfig(img_size=28, in_chans=1, num_classes=10, backbone=r18_small),
+        "vt_resnet18_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, backbone=r18_small),
+        "vt_resnet34_32": VTResNetConfig(img_size=32, in_chans=3, num_classes=10, backbone=r34_small),
     }
-    tiny = dict(num_classes=5, base_width=8)
+    tiny = dict(num_classes=5, backbone=ResNetTrunkConfig(base_width=8))
     test = {
         "vt_resnet_test": VTResNetConfig(img_size=32, **tiny, vt=VTConfig(num_tokens=4, num_heads=2)),
-        "vt_resnet_test_small": VTResNetConfig(img_size=16, in_chans=1, small_stem=True, **tiny,
+        "vt_resnet_test_small": VTResNetConfig(img_size=16, in_chans=1, num_classes=5,
+                                               backbone=ResNetTrunkConfig(base_width=8, small_stem=True),
                                                vt=VTConfig(num_tokens=4)),
         "vt_resnet_test_seed": VTResNetConfig(img_size=64, **tiny, num_modules=3,
                                               vt=VTConfig(num_tokens=4, transformer="seed", pos_encoding=True,

@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -145,6 +145,7 @@ class BenchConfig:
     memory: bool = True
     seed: int = 0
     device: str = "cpu"  # a resolved torch device name: cpu, cuda:0, mps
+    overrides: dict = field(default_factory=dict)  # model-config overrides (--set model.KEY=VALUE)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -280,7 +281,7 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
 def build_models(cfg: BenchConfig) -> list[tuple[str, nn.Module]]:
     """[("vitkit", model)] plus ("timm", equivalent) when comparing."""
     torch.manual_seed(cfg.seed)
-    overrides = {"img_size": cfg.img_size} if cfg.img_size else {}
+    overrides = {**cfg.overrides, **({"img_size": cfg.img_size} if cfg.img_size else {})}
     model = create_model(cfg.model, **overrides)
     models = [("vitkit", model)]
     if cfg.compare == "timm":

@@ -148,14 +148,15 @@ def _cpu(value):
 
 
 def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
-                  fusion: Fusion = "mean", device: torch.device | str = "cpu"):
-    """Explain one image file with a model name, save dir or run dir (run on ``device``);
-    optionally write PNGs. Returns (explanation with CPU tensors, list of written PNG paths).
+                  fusion: Fusion = "mean", device: torch.device | str = "cpu", overrides: dict | None = None):
+    """Explain one image file with a model name, save dir or run dir (model-config ``overrides``
+    on top; run on ``device``); optionally write PNGs. Returns (explanation with CPU tensors,
+    list of written PNG paths).
     """
     from vitkit.data import load_image
     from vitkit.registry import create_model
 
-    model = create_model(spec).eval()
+    model = create_model(spec, **(overrides or {})).eval()
     x = load_image(image_path, model.preprocess).unsqueeze(0)  # (1, C, H, W)
     exp = explain(model.to(device), x.to(device), layers, fusion)
     exp = type(exp)(*(_cpu(v) for v in exp))

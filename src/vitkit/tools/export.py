@@ -130,7 +130,7 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
     if fmt == "onnx":
         check_opset(opset)
     model = model.eval()
-    img_size = tuple(img_size or _size_of(model))
+    img_size = tuple(img_size or model.config.img_size)
     inputs = inputs or example_batches(model, img_size)
     path = Path(path)
     try:
@@ -161,8 +161,3 @@ def export_model(model: nn.Module, path, fmt: str = "onnx", opset: int = DEFAULT
         diffs[b] = float((got - ref).abs().max())
     return ExportResult(path, fmt, opset if fmt == "onnx" else None, diffs)
 
-
-def _size_of(model) -> tuple[int, int]:
-    from vitkit.layers.helpers import to_2tuple
-
-    return to_2tuple(model.config.img_size)
