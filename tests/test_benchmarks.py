@@ -143,3 +143,13 @@ def test_gpu_check_parses_reports_and_refuses_without_cuda(tmp_path, monkeypatch
     assert gc.main(["--out", str(tmp_path / "out")]) == 2
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
+
+
+def test_transfer_quick(tmp_path, fake_fmnist):
+    """Pre-train, then every method on both target tasks (digits adapted to 35 px and 3 channels)."""
+    load("transfer").main(["--quick", "--data-dir", fake_fmnist, "--out", str(tmp_path)])
+    shapes, raw = _outputs(tmp_path, "transfer")
+    assert shapes == [(6, 2)]
+    assert {(r["init"], r["mode"]) for r in raw["rows"]} == {("scratch", "full"), ("scratch", "linear"),
+                                                              ("pretrained", "linear"), ("pretrained", "full")}
+    assert all(0.0 <= r["acc"] <= 1.0 for r in raw["rows"]) and 0.0 <= raw["pretrain_acc"] <= 1.0

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from vitkit.engine.device import autocast, to_device
 from vitkit.engine.distributed import all_reduce_, any_rank, unwrap
+from vitkit.engine.finetune import train_mode
 from vitkit.engine.losses import split_outputs
 from vitkit.errors import VitkitError
 
@@ -180,6 +181,7 @@ def train_one_epoch(run, loader, epoch: int, start_batch: int, stop: StopFlag) -
     cfg, info, stats = run.cfg, run.info, EpochStats(batches_done=start_batch)
     sums = DeviceSums(info.device)
     run.model.train()
+    train_mode(unwrap(run.model), cfg.finetune, epoch)  # a head-only epoch: frozen backbone in eval mode
     total = len(loader)  # batches in a whole epoch (the sampler skips those already done)
     bar = tqdm(loader, total=total, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not (cfg.progress and info.is_main), leave=False, dynamic_ncols=True)

@@ -8,21 +8,48 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, tokens and positional embeddings (1-D or token params)."""
-    decay, no_decay = [], []
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The model's own declaration (``no_weight_decay()``), else every parameter with ndim <= 1."""
+    declare = getattr(model, "no_weight_decay", None)
+    if declare is not None:
+        return set(declare())
+    return {name for name, p in model.named_parameters() if p.ndim <= 1}
+
+
+def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise lr decay (BEiT, Bao et al. 2022): scale = decay^(L - layer_id), L = the head's id."""
+    ids = model.layer_ids()
+    num_layers = max(ids.values())
+    return {name: decay ** (num_layers - i) for name, i in ids.items()}
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameters grouped by weight decay (none for the model's ``no_weight_decay()``)
+    and, with ``layer_decay``, by learning rate ``lr * layer_decay^(L - layer_id)``."""
+    skip = no_weight_decay_names(model)
+    scales = layer_scales(model, layer_decay) if layer_decay is not None else {}
+    groups: dict[tuple[bool, float], dict] = {}
+    if not scales:  # the two plain groups, always in this order
+        groups = {(False, 1.0): {"params": [], "weight_decay": weight_decay},
+                  (True, 1.0): {"params": [], "weight_decay": 0.0}}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(("cls_token", "dist_token", "pos_embed"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = scales.get(name, 1.0)
+        key = (name in skip, scale)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if key[0] else weight_decay, "lr_scale": scale}
+            if lr is not None:
+                groups[key]["lr"] = lr * scale
+        groups[key]["params"].append(p)
+    return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, 2019)."""
-    return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
-                             betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    """AdamW (Loshchilov & Hutter, 2019), optionally with layer-wise lr decay (``optim.layer_decay``)."""
+    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.lr, optim_cfg.layer_decay)
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

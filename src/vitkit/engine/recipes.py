@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from vitkit.config import close_matches
 from vitkit.data import DataConfig
-from vitkit.engine.run_config import OptimConfig, RunConfig, ScheduleConfig
+from vitkit.engine.run_config import FinetuneConfig, OptimConfig, RunConfig, ScheduleConfig
 from vitkit.errors import VitkitError
 from vitkit.registry import get_config
 
@@ -52,6 +52,14 @@ RECIPES: dict[str, RunConfig] = {
     "digits_vt_resnet18": RunConfig(
         model="vt_resnet18_28", data=_DIGITS16, optim=OptimConfig(lr=2e-3, weight_decay=0.05),
         epochs=10, batch_size=64, threads=1, out_dir="runs/digits_vt_resnet18"),
+    # Fine-tuning on your own image folder (docs/finetune.md; give --data-dir and usually --init): a few epochs at
+    # a lower lr, the new head trained alone for the first epoch, layer-wise lr decay 0.75 (BEiT), crop + flip,
+    # label smoothing; 32 px RGB by default (set data.img_size for another size).
+    "finetune_folder": RunConfig(
+        model="vit_mini_patch4_32", data=DataConfig(name="imagefolder", augment="basic", val_fraction=0.2),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.05, layer_decay=0.75), schedule=ScheduleConfig(warmup_epochs=1),
+        finetune=FinetuneConfig(mode="head-warmup", head_warmup_epochs=1), epochs=10, batch_size=32,
+        label_smoothing=0.1, out_dir="runs/finetune_folder"),
     "seg_canvas_fpn": RunConfig(
         model="fpn_resnet18_64", data=_CANVAS, optim=OptimConfig(lr=2e-3, weight_decay=1e-4),
         epochs=10, batch_size=32, out_dir="runs/seg_canvas_fpn"),

@@ -43,6 +43,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    layer_decay: float | None = None  # layer-wise lr decay: lr * decay^(L - layer_id); None = off
 
     checks: ClassVar[dict] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": each(UNIT_OPEN, length=2),
                               "eps": POSITIVE}
@@ -83,6 +84,16 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """What trains: ``full`` = every parameter; ``linear`` = the head alone (linear probe; the frozen
+    backbone stays in eval mode, so BatchNorm statistics and dropout do not move); ``head-warmup`` =
+    the head alone for ``head_warmup_epochs`` epochs, then every parameter."""
+
+    mode: Literal["full", "linear", "head-warmup"] = "full"
+    head_warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model_name: str = ""  # the registered preset `model` comes from (filled in from a name)
     model: Any = "vit_mini_patch2_8"  # a preset name, or its typed config; always the config after init
@@ -91,6 +102,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     epochs: int = 10
     batch_size: int = 64  # global batch (split across processes under torchrun)
     eval_batch_size: int = 256
@@ -139,6 +151,11 @@ class RunConfig:
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise VitkitError("precision=fp16 is not supported with parallel=fsdp (its loss scaler would see only "
                               "this process's shard of the gradients); use precision=bf16")
+        if self.optim.layer_decay is not None and not 0.0 < self.optim.layer_decay <= 1.0:
+            raise VitkitError(f"optim.layer_decay={self.optim.layer_decay} is out of range (0, 1]; "
+                              "set a valid value (e.g. --set optim.layer_decay=0.75) or none")
+        if self.finetune.head_warmup_epochs < 0:
+            raise VitkitError("finetune.head_warmup_epochs must be >= 0; set a valid value with --set")
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[str | None, dict, dict]:

@@ -26,6 +26,7 @@ from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from vitkit.engine.device import device_rng_state, grad_scaler, set_determinism, set_device_rng_state
 from vitkit.engine.evaluate import eval_loader, evaluate, headline
+from vitkit.engine.finetune import set_trainable
 from vitkit.engine.logging import RunLogger
 from vitkit.engine.loop import StopFlag, train_one_epoch
 from vitkit.engine.losses import build_loss
@@ -174,6 +175,8 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
     if steps < 1:
         raise VitkitError(f"the training set ({len(bundle.train)} images) is smaller than one batch of "
                           f"{cfg.batch_size}; lower batch_size or use more data")
+    if cfg.finetune.mode == "linear":
+        set_trainable(model, only_head=True)  # the optimizer holds the head alone
     ema = ModelEMA(model, cfg.ema.decay) if cfg.ema.enabled else None
     loss_fn = build_loss(bundle.task, cfg.label_smoothing, bundle.ignore_index, load_teacher(cfg, bundle, info.device),
                          cfg.distill)
@@ -228,7 +231,7 @@ def restore(run: Run) -> tuple[int, int, dict | None]:
 
 
 def epoch_row(run: Run, epoch: int, stats, metrics: dict | None) -> dict:
-    return {"epoch": epoch + 1, "step": run.global_step, "lr": run.optimizer.param_groups[0]["lr"],
+    return {"epoch": epoch + 1, "step": run.global_step, "lr": max(g["lr"] for g in run.optimizer.param_groups),
             "train_loss": stats.loss, "train_acc": stats.acc,
             "val_loss": None if metrics is None else metrics["loss"],
             "val_metric": None if metrics is None else headline(metrics),

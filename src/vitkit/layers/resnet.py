@@ -116,6 +116,11 @@ class ResNetTrunk(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def layer_id(self, name: str) -> int:
+        """Depth of a trunk parameter (name relative to the trunk): 0 = stem, k = stage ``layer{k}``."""
+        first = name.split(".", 1)[0]
+        return int(first[len("layer"):]) if first.startswith("layer") else 0
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, base_width, H/s, W/s), s = 4 (or 1 with the small stem)."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))

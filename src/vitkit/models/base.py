@@ -20,6 +20,10 @@ with what the model carries about its inputs and outputs:
 
 Input checks are plain functions that ``torch.fx`` records as calls (``torch.fx.wrap``): a traced
 model keeps them, and they run on the real shapes when the traced graph runs.
+
+For fine-tuning, each model also declares ``classifier`` (its head modules),
+``no_weight_decay()`` (parameter names trained without weight decay) and ``layer_id(name)``
+(the depth used by layer-wise learning-rate decay: 0 = embedding, the largest = the head).
 """
 from __future__ import annotations
 
@@ -114,6 +118,7 @@ class VitkitModel(nn.Module):
     family: ClassVar[str] = ""
     config_cls: ClassVar[type]
     task: ClassVar[str] = "classification"
+    classifier: ClassVar[tuple[str, ...]] = ()  # the head modules: replaced when num_classes changes
     config: Any
     feature_info: FeatureInfoList
     token_layers: ClassVar[bool] = False  # feature_info layers make tokens (output_fmt="NLC" possible)
@@ -197,6 +202,19 @@ class VitkitModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass to save memory."""
         raise VitkitError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters trained without weight decay: biases, norm scales and other
+        1-D parameters (LayerScale); families add their tokens and E_pos."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+
+    def layer_id(self, name: str) -> int:  # pragma: no cover - abstract
+        """Depth of parameter ``name`` for layer-wise lr decay: 0 = input embedding ... last = head."""
+        raise NotImplementedError
+
+    def layer_ids(self) -> dict[str, int]:
+        """:meth:`layer_id` of every parameter; the largest is the head's (``num_layers``)."""
+        return {name: self.layer_id(name) for name, _ in self.named_parameters()}
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hook: adapt loaded weights to this model (e.g. resample positional embeddings)."""

@@ -76,6 +76,7 @@ class ResNet(VitkitModel):
 
     family = "resnet"
     config_cls = ResNetConfig
+    classifier = ("fc",)
 
     def __init__(self, config: ResNetConfig):
         super().__init__()
@@ -97,6 +98,12 @@ class ResNet(VitkitModel):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = feats.mean(dim=(2, 3))  # (B, C)
         return pooled if pre_logits else self.fc(pooled)
+
+    def layer_id(self, name: str) -> int:
+        """0 = stem, k = stage k (1..4), head = 5."""
+        if name.startswith("trunk."):
+            return self.trunk.layer_id(name[len("trunk."):])
+        return self.trunk.num_stages + 1
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               output_fmt: str = "NCHW", return_prefix_tokens: bool = False,

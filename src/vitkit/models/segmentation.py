@@ -167,6 +167,7 @@ class _DenseModel(VitkitModel):
 class SemanticFPN(_DenseModel):
     family = "semantic_fpn"
     config_cls = SemanticFPNConfig
+    classifier = ("head.classifier",)
 
     def __init__(self, config: SemanticFPNConfig):
         super().__init__()
@@ -182,6 +183,12 @@ class SemanticFPN(_DenseModel):
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         self.check_input(x, min_size=self.backbone.reductions[-1])
         return self.backbone.stages(x, upto)
+
+    def layer_id(self, name: str) -> int:
+        """0 = stem, 1..4 = ResNet stages, neck = 5, head = 6."""
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return self.backbone.num_stages + (1 if name.startswith("neck.") else 2)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C_in, H, W) -> neck outputs P_2..P_5, each (B, fpn_dim, H/r_i, W/r_i)."""
@@ -258,6 +265,7 @@ class ViTSeg(_DenseModel):
     family = "vit_seg"
     token_layers = True
     config_cls = ViTSegConfig
+    classifier = ("head.3",)
 
     def __init__(self, config: ViTSegConfig):
         super().__init__()
@@ -273,6 +281,16 @@ class ViTSeg(_DenseModel):
                                   nn.ReLU(inplace=True), nn.Conv2d(d, c.num_classes, 1))
         self.num_features = d
         self.feature_info = self._prefixed(self.backbone.feature_info)
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's set (tokens, E_pos, norms, biases) and the decoder's biases and BN scales."""
+        return super().no_weight_decay() | {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    def layer_id(self, name: str) -> int:
+        """The ViT's ids for the backbone (0 .. depth + 1), then depth + 2 for the decoder."""
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return len(self.backbone.blocks) + 2
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> decoder map (B, decoder_dim, H/p, W/p)."""

@@ -89,6 +89,7 @@ class VisionTransformer(VitkitModel):
     family = "vit"
     token_layers = True
     config_cls = ViTConfig
+    classifier = ("head", "head_dist")
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -237,6 +238,19 @@ class VisionTransformer(VitkitModel):
             self.fc_norm, self.head = nn.Identity(), nn.Identity()
             self.head_dist = nn.Identity() if self.head_dist is not None else None
         return take
+
+    def no_weight_decay(self) -> set[str]:
+        """Biases, norm scales, LayerScale, and the tokens and E_pos (Eq. 1)."""
+        tokens = {n for n in ("cls_token", "dist_token", "pos_embed") if getattr(self, n) is not None}
+        return super().no_weight_decay() | tokens
+
+    def layer_id(self, name: str) -> int:
+        """0 = patch embedding, tokens and E_pos; block i -> i + 1; final norm and heads -> depth + 1."""
+        if name.startswith(("cls_token", "dist_token", "pos_embed", "patch_embed.")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a saved E_pos to this model's patch grid (load at another image size)."""

@@ -55,6 +55,7 @@ class VTResNetConfig:
 class VTResNet(VitkitModel):
     family = "vt_resnet"
     config_cls = VTResNetConfig
+    classifier = ("fc",)
 
     def __init__(self, config: VTResNetConfig):
         super().__init__()
@@ -87,6 +88,14 @@ class VTResNet(VitkitModel):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = feats.mean(dim=1)  # (B, C_T): average over the tokens
         return pooled if pre_logits else self.fc(pooled)
+
+    def layer_id(self, name: str) -> int:
+        """0 = stem, 1..3 = ResNet stages, then one per VT module, head last."""
+        if name.startswith("trunk."):
+            return self.trunk.layer_id(name[len("trunk."):])
+        if name.startswith("vt."):
+            return self.trunk.num_stages + 1 + int(name.split(".")[1])
+        return self.trunk.num_stages + 1 + (len(self.vt) if self.vt is not None else 0)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
