@@ -61,8 +61,8 @@ def test_sigkill_ctrl_c_or_sigterm_mid_epoch_then_resume_is_identical(tmp_path):
     full, killed, stopped, preempted = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c", tmp_path / "term"
     victim = _train(*ARGS, "--out", str(killed))
     polite = _train(*ARGS, "--out", str(stopped))
-    term = _train(*ARGS, "--out", str(preempted), "--auto-resume")
     _signal_after_first_checkpoint(victim, killed)
+    term = _train(*ARGS, "--out", str(preempted), "--auto-resume")  # two training processes at a time
     assert victim.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
     assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
