@@ -11,7 +11,7 @@ import sys
 
 from vitkit.errors import VitkitError, printable
 
-COMMANDS = ("train", "eval", "predict", "models", "flops", "explain", "export", "bench")
+COMMANDS = ("train", "eval", "predict", "models", "flops", "explain", "export", "bench", "serve")
 
 
 def _load(name: str):

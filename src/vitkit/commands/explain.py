@@ -1,14 +1,21 @@
-"""``vitkit explain MODEL_OR_RUN IMAGE``: attention maps and rollout as PNG overlays."""
+"""``vitkit explain MODEL_OR_RUN [IMAGES...] [--figure NAME ...]``: attention maps and the ViT
+paper's Fig. 7 panels as PNGs."""
 from __future__ import annotations
 
 from vitkit.commands.options import add_device_option, add_set_argument, device_of, model_sets
 
-HELP = "explain a prediction: per-layer/per-head attention, CLS maps and attention rollout as PNGs"
+HELP = ("explain a model: attention rollout, per-head maps, VT token maps, and the ViT paper's "
+        "figures (patch-embedding filters, position-embedding similarity, attention distance)")
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="registered model name, save_pretrained dir or `vitkit train` run dir")
-    p.add_argument("image", help="image file (preprocessed as in training when the run saved it)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, folders or globs (preprocessed as in training when the run saved it); "
+                        "rollout and tokens explain the first, attention-distance averages over all")
+    p.add_argument("--figure", nargs="+", default=None, metavar="NAME",
+                   help="figures to draw: filters, pos-embed, attention-distance (ViT paper Fig. 7), rollout (ViT), "
+                        "tokens (VT token maps); default: rollout for a ViT, tokens for a VT")
     p.add_argument("--out", default="explain_out", help="output directory for the PNGs (default: explain_out)")
     p.add_argument("--layer", type=int, nargs="+", default=None,
                    help="layers to draw per-head maps for (default: all; negatives count from the end)")
@@ -18,15 +25,30 @@ def add_arguments(p) -> None:
     add_device_option(p)
 
 
-def run(args) -> int:
-    from vitkit.tools.explain import explain_image
+def _images(specs) -> list:
+    from vitkit.data import list_image_files
 
-    exp, paths = explain_image(args.model, args.image, args.out, args.layer, args.fusion, device_of(args),
-                               model_sets(args))
-    logits = exp.logits
-    if logits.ndim == 2:
-        probs = logits.float().softmax(-1)[0]
-        print(f"predicted class {int(probs.argmax())} (p={float(probs.max()):.3f})")
+    return [path for spec in specs for path in list_image_files(spec)]
+
+
+def run(args) -> int:
+    from vitkit.errors import VitkitError
+    from vitkit.registry import create_model
+    from vitkit.tools.explain import explain_loaded
+    from vitkit.tools.figures import write_figures
+
+    device = device_of(args)
+    model = create_model(args.model, **model_sets(args)).eval()
+    images = _images(args.images)
+    if args.figure is None:
+        if not images:
+            raise VitkitError("pass an image to explain, or choose --figure filters / pos-embed (no image needed)")
+        exp, paths = explain_loaded(model, images[0], args.out, args.layer, args.fusion, device)
+        if exp.logits.ndim == 2:
+            probs = exp.logits.float().softmax(-1)[0]
+            print(f"predicted class {int(probs.argmax())} (p={float(probs.max()):.3f})")
+    else:
+        paths = write_figures(model, args.figure, images, args.out, args.layer, args.fusion, device)
     for path in paths:
         print(f"wrote {path}")
     return 0

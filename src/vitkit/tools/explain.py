@@ -71,7 +71,7 @@ def _layer_indices(layers: Sequence[int] | None, depth: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _inner_vit(model: nn.Module) -> nn.Module | None:
+def inner_vit(model: nn.Module) -> nn.Module | None:
     """The model itself if it is a ViT, else its first ViT submodule (e.g. a ViT-seg backbone)."""
     return next((m for m in model.modules() if _is_vit(m)), None)
 
@@ -80,7 +80,7 @@ def _inner_vit(model: nn.Module) -> nn.Module | None:
 def explain_vit(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None,
                 fusion: Fusion = "mean") -> ViTExplanation:
     """Run ``model`` on ``x`` (B, C, H, W) once, capturing every block's attention of its ViT."""
-    vit = _inner_vit(model)
+    vit = inner_vit(model)
     if vit is None:
         raise VitkitError(f"{type(model).__name__} has no ViT inside; use vitkit.tools.explain.explain()")
     was_training = model.training
@@ -102,7 +102,7 @@ def explain_vit(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None 
 
 def explain(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | None = None, fusion: Fusion = "mean"):
     """A :class:`ViTExplanation` for a ViT (or a model built on one), a ``VTExplanation`` for VT."""
-    if _inner_vit(model) is not None:
+    if inner_vit(model) is not None:
         return explain_vit(model, x, layers, fusion)
     from vitkit.tools.explain_vt import explain_vt, is_vt
 
@@ -140,26 +140,26 @@ def save_vit_explanation(exp: ViTExplanation, image: torch.Tensor, out_dir, labe
     return paths
 
 
-def _cpu(value):
+def to_cpu(value):
     """Tensors (also inside tuples) copied to the CPU, for plotting."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
-    return tuple(_cpu(v) for v in value) if isinstance(value, tuple) else value
+    return tuple(to_cpu(v) for v in value) if isinstance(value, tuple) else value
 
 
-def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
-                  fusion: Fusion = "mean", device: torch.device | str = "cpu", overrides: dict | None = None):
-    """Explain one image file with a model name, save dir or run dir (model-config ``overrides``
-    on top; run on ``device``); optionally write PNGs. Returns (explanation with CPU tensors,
-    list of written PNG paths).
-    """
+def image_batch(sources: Sequence, pre) -> torch.Tensor:
+    """Image files (or their bytes) -> the model input (B, C, H, W), preprocessed by ``pre``."""
     from vitkit.data import load_image
-    from vitkit.registry import create_model
 
-    model = create_model(spec, **(overrides or {})).eval()
-    x = load_image(image_path, model.preprocess).unsqueeze(0)  # (1, C, H, W)
+    return torch.stack([load_image(s, pre) for s in sources])
+
+
+def explain_loaded(model: nn.Module, image_path, out_dir=None, layers: Sequence[int] | None = None,
+                   fusion: Fusion = "mean", device: torch.device | str = "cpu"):
+    """:func:`explain_image` for a model already built (and in eval mode)."""
+    x = image_batch([image_path], model.preprocess)  # (1, C, H, W)
     exp = explain(model.to(device), x.to(device), layers, fusion)
-    exp = type(exp)(*(_cpu(v) for v in exp))
+    exp = type(exp)(*(to_cpu(v) for v in exp))
     if out_dir is None:
         return exp, []
     image = model.preprocess.denormalize(x)[0]  # (C, H, W) in [0, 1]
@@ -169,3 +169,15 @@ def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None =
     from vitkit.tools.explain_vt import save_vt_explanation
 
     return exp, save_vt_explanation(exp, image, out_dir, label)
+
+
+def explain_image(spec, image_path, out_dir=None, layers: Sequence[int] | None = None,
+                  fusion: Fusion = "mean", device: torch.device | str = "cpu", overrides: dict | None = None):
+    """Explain one image file with a model name, save dir or run dir (model-config ``overrides``
+    on top; run on ``device``); optionally write PNGs. Returns (explanation with CPU tensors,
+    list of written PNG paths).
+    """
+    from vitkit.registry import create_model
+
+    model = create_model(spec, **(overrides or {})).eval()
+    return explain_loaded(model, image_path, out_dir, layers, fusion, device)
