@@ -186,6 +186,20 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, device, monkeypatch)
     assert manifest["epoch"] == 1 and manifest["global_step"] == 6
 
 
+def test_nan_loss_before_any_checkpoint_says_so(tmp_path, device, monkeypatch):
+    cfg = tiny_cfg(tmp_path, device, epochs=2)
+    original = loop._forward_backward
+
+    def poisoned(run, images, target, sync):
+        loss, logits = original(run, images, target, sync)
+        return torch.full_like(loss, float("inf")), logits
+
+    monkeypatch.setattr(loop, "_forward_backward", poisoned)
+    with pytest.raises(loop.NonFiniteLoss, match="loss is inf at epoch 1, batch 1; no checkpoint was saved") as info:
+        trainer.train(cfg)
+    assert "kept" not in str(info.value) and not (tmp_path / "run" / "checkpoint").exists()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, device, precision, monkeypatch):
     """SIGINT mid-epoch saves a checkpoint; resuming ends with the uninterrupted weights
@@ -206,11 +220,18 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, device, precision, m
     assert manifest["epoch"] == 1 and 0 < manifest["global_step"] < 12
     state = torch.load(tmp_path / "b" / "run" / "checkpoint" / manifest["dir"] / "state.pt", weights_only=True)
     assert ("scaler" in state) == (precision == "fp16")
+    assert state["partial_epoch"]["count_batches"] == manifest["global_step"] - 6  # epoch 2's batches so far
     trainer.train(cut, resume=True)
     a = load_file(tmp_path / "a" / "run" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "run" / "model" / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the interrupted epoch's log row covers the whole epoch: the same sums, added in two parts
+    rows_a, rows_b = LOGGER(tmp_path / "a" / "run").read_history(99), LOGGER(tmp_path / "b" / "run").read_history(99)
+    assert [(r["epoch"], r["step"]) for r in rows_a] == [(r["epoch"], r["step"]) for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"], rel=1e-12, abs=0)
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-9, abs=0)  # float64 sums, 2 orders
     assert math.isfinite(json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())["loss"])
 
 

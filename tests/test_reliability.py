@@ -178,3 +178,66 @@ def test_foreign_safetensors_checked_as_far_as_the_format_allows(tmp_path, spoil
     header.write_bytes((10**9).to_bytes(8, "little") + b"{}")
     with pytest.raises(VitkitError, match="corrupt or truncated"):
         create_model("vit_test", pretrained=str(header), img_size=8, patch_size=2)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _checkpoint(tmp_path):
+    from vitkit.engine.checkpoint import save_checkpoint
+    from vitkit.registry import create_model
+
+    model = create_model("vit_test", img_size=8, patch_size=2)
+    save_checkpoint(tmp_path, model, None, {"epoch": 1, "batch_in_epoch": 0, "global_step": 1})
+    return model, tmp_path / "checkpoint" / "latest.json"
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: {**m, "files": {}}, "'files' must map every checkpoint file to its SHA-256; it is empty"),
+    (lambda m: {**m, "dir": "../.."}, "'dir' must name a step_* folder"),
+    (lambda m: {**m, "files": {"../../x": "0" * 64, **m["files"]}}, "leaves the checkpoint folder"),
+    (lambda m: {**m, "files": {k: 5 for k in m["files"]}}, "is not 64 hex digits"),
+    (lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != "state.pt"}}, "does not list state.pt"),
+])
+def test_corrupt_checkpoint_index_is_one_line(tmp_path, edit, words):
+    from vitkit.engine.checkpoint import load_checkpoint
+    from vitkit.errors import VitkitError
+
+    model, latest = _checkpoint(tmp_path)
+    latest.write_text(json.dumps(edit(json.loads(latest.read_text()))))
+    with pytest.raises(VitkitError, match="checkpoint index .* is corrupt") as info:
+        load_checkpoint(tmp_path, model)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    latest.write_bytes(b"\xff" + latest.read_bytes())
+    with pytest.raises(VitkitError, match="is not UTF-8 text"):
+        load_checkpoint(tmp_path, model)
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_state_pt_is_refused_without_unsafe_advice(tmp_path, capsys):
+    import hashlib
+    import io
+    import pickle
+
+    from vitkit.engine.checkpoint import load_checkpoint
+    from vitkit.errors import VitkitError
+
+    model, latest = _checkpoint(tmp_path)
+    manifest = json.loads(latest.read_text())
+    state = tmp_path / "checkpoint" / manifest["dir"] / "state.pt"
+    for protocol, words in ((2, "asks to run posix.system, which a safe load refuses"),
+                            (pickle.DEFAULT_PROTOCOL, "holds objects a safe load refuses")):
+        buf = io.BytesIO()
+        torch.save({"epoch": _Evil()}, buf, pickle_protocol=protocol)
+        state.write_bytes(buf.getvalue())
+        manifest["files"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()  # checksums pass: crafted
+        latest.write_text(json.dumps(manifest))
+        with pytest.raises(VitkitError) as info:
+            load_checkpoint(tmp_path, model)
+        text = str(info.value)
+        assert words in text and "weights_only" not in text and "\n" not in text, text
+    assert "Warning" not in capsys.readouterr().err

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import shutil
 import warnings
@@ -25,7 +24,7 @@ import torch
 
 from vitkit.engine import distributed as D
 from vitkit.errors import VitkitError
-from vitkit.io import atomic_write_bytes, atomic_write_json
+from vitkit.io import atomic_write_bytes, atomic_write_json, read_json
 from vitkit.models.hub import check_state_dict, load_state_dict, save_state_dict
 from vitkit.registry import create_model
 
@@ -113,11 +112,30 @@ def _read_manifest(run_dir) -> tuple[Path, dict]:
     latest = root / LATEST
     if not latest.is_file():
         raise VitkitError(f"no checkpoint in {run_dir} ({latest} missing); start a new run without --resume")
-    try:
-        manifest = json.loads(latest.read_text())
-        return root / manifest["dir"], manifest
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise VitkitError(f"checkpoint index {latest} is corrupt ({exc}); delete the run dir and retrain") from None
+    manifest = read_json(latest, "checkpoint index", "delete the run dir and retrain")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise VitkitError(f"checkpoint index {latest} is corrupt ({problem}); delete the run dir and retrain")
+    return root / manifest["dir"], manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with a latest.json (None if nothing): a step dir, a non-empty map of safe
+    relative file names to SHA-256 digests, state.pt among them."""
+    if not isinstance(manifest.get("dir"), str) or not STEP_DIR.fullmatch(manifest["dir"]):
+        return f"'dir' must name a step_* folder, got {str(manifest.get('dir'))[:40]!r}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "'files' must map every checkpoint file to its SHA-256; it is empty or missing"
+    for name, digest in files.items():
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            return f"file name {name[:40]!r} leaves the checkpoint folder"
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            return f"the SHA-256 of {name[:40]!r} is not 64 hex digits"
+    if "state.pt" not in files:
+        return "'files' does not list state.pt"
+    return None
 
 
 def _verify(target: Path, files: dict) -> None:
@@ -146,10 +164,25 @@ def _verified_dir(run_dir, info: D.DistInfo | None = None) -> tuple[Path, dict]:
 
 
 def _load_state(path: Path):
+    """``torch.load`` with ``weights_only=True``: a file that needs more than tensors and plain
+    Python values to unpickle is refused (it was not written by vitkit), never loaded unsafely."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error says enough
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise VitkitError(f"cannot read {path} ({exc}); the checkpoint is corrupt") from None
+        raise VitkitError(f"cannot read {path}: {_unpickle_reason(exc)}; the checkpoint is corrupt or was not "
+                          "written by vitkit: delete the run dir and retrain") from None
+
+
+def _unpickle_reason(exc: Exception) -> str:
+    """Why a safe load failed, in a few words (torch's own text suggests an unsafe retry: never echoed)."""
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+    if found:
+        return f"it asks to run {found.group(1)}, which a safe load refuses"
+    if "Weights only load failed" in str(exc):
+        return "it holds objects a safe load refuses"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def _load_full(target: Path, files: dict, model, ema, optimizer, state: dict) -> None:

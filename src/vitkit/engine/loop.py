@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from vitkit.engine.checkpoint import has_checkpoint
 from vitkit.engine.device import autocast, to_device
 from vitkit.engine.distributed import all_reduce_, any_rank, unwrap
 from vitkit.engine.finetune import train_mode
@@ -26,7 +27,7 @@ NO_BAD = 2**62  # "no non-finite loss yet" marker for the first-bad-batch index
 
 
 class NonFiniteLoss(VitkitError):
-    """The loss became NaN or inf: training stops, the last good checkpoint is kept."""
+    """The loss became NaN or inf: training stops; the last good checkpoint, if any, is kept."""
 
 
 @dataclass
@@ -85,6 +86,19 @@ class EpochStats:
     @property
     def acc(self) -> float:
         return self.correct / max(1.0, self.count)
+
+    SUMS = ("loss_sum", "count_batches", "correct", "count", "images", "seconds")
+
+    def sums(self) -> dict:
+        """The running sums (saved with a mid-epoch checkpoint, so the resumed epoch logs whole)."""
+        return {name: getattr(self, name) for name in self.SUMS}
+
+    def plus(self, earlier: dict | None) -> EpochStats:
+        """These stats with the sums of the same epoch's earlier part (before a mid-epoch stop) added."""
+        for name, value in (earlier or {}).items():
+            if name in self.SUMS:
+                setattr(self, name, getattr(self, name) + value)
+        return self
 
 
 class DeviceSums:
@@ -167,9 +181,10 @@ def _refresh(run, stats: EpochStats, sums: DeviceSums, epoch: int, batches: int,
     """Read the device sums into ``stats`` (one host sync); stop on a non-finite loss."""
     (loss_sum, correct, counted), bad_at, bad_loss = sums.read(run.info)
     if bad_at != NO_BAD:
-        raise NonFiniteLoss(
-            f"loss is {bad_loss} at epoch {epoch + 1}, batch {bad_at + 1}; the last good checkpoint "
-            f"in {run.run_dir}/checkpoint is kept: lower optim.lr, set clip_grad or try precision=fp32")
+        kept = (f"the last good checkpoint in {run.run_dir}/checkpoint is kept" if has_checkpoint(run.run_dir)
+                else "no checkpoint was saved yet, so start again")
+        raise NonFiniteLoss(f"loss is {bad_loss} at epoch {epoch + 1}, batch {bad_at + 1}; {kept}: "
+                            "lower optim.lr, set clip_grad or try precision=fp32")
     stats.loss_sum, stats.count_batches = loss_sum / run.info.world_size, float(batches)
     stats.correct, stats.count = correct, counted
     bar.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.acc:.3f}",

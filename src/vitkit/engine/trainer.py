@@ -70,6 +70,7 @@ class Run:
     global_step: int = 0
     history: list = field(default_factory=list)
     validated_last: bool = False  # the last epoch's validation ran (on every rank's say-so)
+    partial: dict | None = None  # sums of the resumed epoch's part before a mid-epoch stop
 
     @property
     def task(self) -> str:
@@ -204,12 +205,15 @@ def publish_model(run: Run) -> None:
         model.save_pretrained(run.run_dir / "model")
 
 
-def save_state(run: Run, epoch: int, batch_in_epoch: int) -> None:
-    """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (every process)."""
+def save_state(run: Run, epoch: int, batch_in_epoch: int, partial: dict | None = None) -> None:
+    """Publish the eval weights (RUN_DIR/model) and a resumable checkpoint (every process);
+    ``partial``: the stopped epoch's running sums, so that its log row is whole after a resume."""
     publish_model(run)
     state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
              "scheduler": run.scheduler.state_dict(), "rng": rng_state(run.info.device),
              "history": json.dumps(run.history)}
+    if partial is not None:
+        state["partial_epoch"] = partial
     if run.scaler.is_enabled():
         state["scaler"] = run.scaler.state_dict()
     save_checkpoint(run.run_dir, D.unwrap(run.model), run.ema, state, run.optimizer, run.info)
@@ -224,6 +228,7 @@ def restore(run: Run) -> tuple[int, int, dict | None]:
     run.global_step = int(state["global_step"])
     run.history = json.loads(state["history"])
     epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+    run.partial = state.get("partial_epoch") if batch else None
     if batch and state["saved_world_size"] != run.info.world_size and run.info.is_main:
         print(f"note: the checkpoint was written by {state['saved_world_size']} processes, this run has "
               f"{run.info.world_size}: epoch {epoch + 1} continues with its data sharded the new way", flush=True)
@@ -274,8 +279,10 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
                 sampler.skip = start_batch * loader.batch_size
                 set_rng_state(rng, run.info.device)
             stats = train_one_epoch(run, loader, epoch, start_batch if epoch == start_epoch else 0, stop)
+            if epoch == start_epoch:
+                stats.plus(run.partial)  # a resumed epoch: its earlier part too, so the row covers it whole
             if stats.interrupted:
-                save_state(run, epoch, stats.batches_done)
+                save_state(run, epoch, stats.batches_done, partial=stats.sums())
                 raise stopped(run, stop, f"epoch {epoch + 1}, batch {stats.batches_done}")
             last = epoch + 1 == cfg.epochs
             metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
