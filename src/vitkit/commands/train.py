@@ -61,6 +61,21 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _sized_like(cfg, saved):
+    """``cfg`` with the sizes the trainer fits to the data (classes, channels, image size) taken
+    from the ``saved`` run where this command left them at the preset's values, as training does."""
+    import dataclasses
+
+    from vitkit.registry import get_config
+
+    if cfg.model_name != saved.model_name:
+        return cfg
+    preset = get_config(cfg.model_name)
+    sizes = {key: getattr(saved.model, key) for key in ("num_classes", "in_chans", "img_size")
+             if getattr(cfg.model, key) == getattr(preset, key)}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **sizes))
+
+
 def auto_resume_config(args):
     """(config, resume?) for ``--auto-resume``: the run in --out continues when its saved config
     matches this command's (``epochs`` and ``device`` may differ), else a new run starts."""
@@ -76,7 +91,7 @@ def auto_resume_config(args):
     if not has_checkpoint(cfg.out_dir):
         return cfg, False
     saved = load_run_config(cfg.out_dir)
-    want, have = _flat(to_dict(resolve_data_config(cfg))), _flat(to_dict(saved))
+    want, have = _flat(to_dict(resolve_data_config(_sized_like(cfg, saved)))), _flat(to_dict(saved))
     differ = sorted(k for k in set(want) | set(have)
                     if want.get(k) != have.get(k) and k not in ("epochs", "device", "out_dir"))
     if differ:
