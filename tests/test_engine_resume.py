@@ -28,15 +28,22 @@ def _train(*extra):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _signal_after_first_checkpoint(proc, run_dir, sig=signal.SIGKILL, timeout=120.0) -> None:
-    latest = run_dir / "checkpoint" / "latest.json"
+def _signal_after_first_checkpoint(runs, timeout=120.0) -> None:
+    """Send each ``(process, run_dir, signal)`` its signal as soon as the run's first checkpoint exists
+    (runs polled together, so each one's window is the rest of its own run: epochs 2 and 3)."""
+    pending = list(runs)
     deadline = time.monotonic() + timeout
-    while not latest.exists():
-        assert proc.poll() is None, proc.stdout.read()
+    while pending:
+        for proc, run_dir, sig in list(pending):
+            if (run_dir / "checkpoint" / "latest.json").exists():
+                os.kill(proc.pid, sig)
+                pending.remove((proc, run_dir, sig))
+            else:
+                assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
-    os.kill(proc.pid, sig)
-    proc.wait(timeout=120)
+    for proc, _, _ in runs:
+        proc.wait(timeout=120)
 
 
 def _weights(path):
@@ -61,17 +68,16 @@ def test_sigkill_ctrl_c_or_sigterm_mid_epoch_then_resume_is_identical(tmp_path):
     full, killed, stopped, preempted = tmp_path / "full", tmp_path / "killed", tmp_path / "ctrl_c", tmp_path / "term"
     victim = _train(*ARGS, "--out", str(killed))
     polite = _train(*ARGS, "--out", str(stopped))
-    _signal_after_first_checkpoint(victim, killed)
+    _signal_after_first_checkpoint([(victim, killed, signal.SIGKILL), (polite, stopped, signal.SIGINT)])
     term = _train(*ARGS, "--out", str(preempted), "--auto-resume")  # two training processes at a time
     assert victim.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
     assert json.loads((killed / "checkpoint" / "latest.json").read_text())["epoch"] < 3
-    _signal_after_first_checkpoint(polite, stopped, signal.SIGINT)
     out = polite.stdout.read()
     assert polite.returncode == 130 and f"--resume {stopped}" in out, out
     manifest = json.loads((stopped / "checkpoint" / "latest.json").read_text())
     assert not manifest["dir"].endswith("_b000000"), manifest  # saved mid-epoch, at a step boundary
-    _signal_after_first_checkpoint(term, preempted, signal.SIGTERM)  # cluster preemption
+    _signal_after_first_checkpoint([(term, preempted, signal.SIGTERM)])  # cluster preemption
     out = term.stdout.read()
     assert term.returncode == 75 and "preempted at epoch " in out and f"--resume {preempted}" in out, out
     assert not json.loads((preempted / "checkpoint" / "latest.json").read_text())["dir"].endswith("_b000000")
