@@ -45,10 +45,10 @@ def _eval_cases():
     images, labels = torch.randn(37, 3, 8, 8, generator=g), torch.randint(0, 7, (37,), generator=g)
     torch.manual_seed(0)
     seg = create_model("fpn_test")
-    size = seg.config.img_size
-    masks = torch.randint(0, seg.num_classes, (13, size, size), generator=g)
+    h, w = seg.config.img_size  # (H, W)
+    masks = torch.randint(0, seg.num_classes, (13, h, w), generator=g)
     masks[:, :2] = 255  # ignored pixels
-    seg_images = torch.randn(13, seg.in_chans, size, size, generator=g)
+    seg_images = torch.randn(13, seg.in_chans, h, w, generator=g)
     return [("classification", cls, TensorDataset(images, labels), "classification", 7, 8),
             ("segmentation", seg, TensorDataset(seg_images, masks), "segmentation", seg.num_classes, 5)]
 
