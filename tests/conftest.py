@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,3 +25,17 @@ def fake_fmnist(tmp_path_factory) -> str:
 def device(request) -> str:
     """Each available device in turn ("cpu", and "cuda" on a machine with a GPU)."""
     return request.param
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty huggingface_hub cache, used offline (HF_HUB_OFFLINE=1): fill it with hub_cache.cache_repo."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read once, at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

@@ -121,7 +121,8 @@ def test_preprocess_is_resize_then_normalise():
     image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
     pre = Preprocess(16, 3, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
-    expected = (TF.resize(image, [16, 16], antialias=True).float() / 255.0 - mean) / std
+    sized = TF.center_crop(TF.resize(image, [16], antialias=True), [16, 16])  # shorter side 16, aspect kept
+    expected = (sized.float() / 255.0 - mean) / std
     torch.testing.assert_close(pre(image), expected, rtol=0, atol=0)
     torch.testing.assert_close(pre.denormalize(pre(image)[None])[0], expected * std + mean, rtol=0, atol=1e-6)
     same = Preprocess((20, 24), 3)  # already at size: no resampling, just normalise; float images are 0..1

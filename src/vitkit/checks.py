@@ -100,7 +100,8 @@ IMG_SIZE = Rule(lambda v: SIDE(v) or (isinstance(v, (list, tuple)) and len(v) ==
 
 # The fields model families share, by name (a class's own ``checks`` take precedence).
 NAME_RULES: dict[str, Rule] = {
-    "img_size": IMG_SIZE, "in_chans": COUNT, "num_classes": COUNT, "embed_dim": COUNT, "depth": COUNT,
+    "img_size": IMG_SIZE, "in_chans": COUNT, "num_classes": NON_NEGATIVE_INT,  # 0: headless (features)
+    "embed_dim": COUNT, "depth": COUNT,
     "num_heads": COUNT, "patch_size": COUNT, "mlp_ratio": POSITIVE, "norm_eps": POSITIVE,
     "drop_rate": UNIT_OPEN, "attn_drop_rate": UNIT_OPEN, "drop_path_rate": UNIT_OPEN,
     "init_values": optional(POSITIVE), "hybrid_stages": COUNT, "conv_stem": each(COUNT),

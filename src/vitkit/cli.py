@@ -11,7 +11,7 @@ import sys
 
 from vitkit.errors import VitkitError, printable
 
-COMMANDS = ("train", "eval", "predict", "models", "flops", "explain", "export", "bench", "serve")
+COMMANDS = ("train", "eval", "predict", "models", "flops", "explain", "export", "bench", "serve", "push")
 
 
 def _load(name: str):
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     wanted = [a for a in argv if a in COMMANDS][:1] or COMMANDS  # import only what runs
     parser = build_parser(COMMANDS if not argv or argv[0] not in COMMANDS else wanted)
     args = parser.parse_args(argv)
+    args._argv = argv  # the command as typed (a run records it in its model card)
     try:
         return int(args._run(args) or 0)
     except VitkitError as exc:

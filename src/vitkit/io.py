@@ -88,3 +88,8 @@ def _json_type(value: Any) -> str:
 def atomic_write_json(path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8), atomically."""
+    atomic_write_bytes(path, text.encode())

@@ -2,10 +2,13 @@
 
     x = (resize(image) - mean) / std          # (C, H, W) float32, pixels scaled to 0..1
 
-``resize`` scales the image to ``img_size / crop_pct`` with ``interpolation`` (antialiased)
-and center-crops ``img_size``; with ``crop_pct = 1`` it is a plain resize to ``img_size``.
+``resize`` is the evaluation convention of timm and torchvision: scale the image (with
+``interpolation``, antialiased) so that its shorter side is ``size / crop_pct``, keeping the
+aspect ratio, then center-crop ``img_size`` (a non-square ``img_size`` is scaled to
+``img_size / crop_pct`` exactly). A square image at ``crop_pct = 1`` is a plain resize.
 ``save_pretrained`` stores the object in ``config.json`` under ``preprocess``; training
-(the data sets' transforms), predict, explain, export and bench all read it from there.
+(the data sets' transforms), predict, explain, export and bench all read it from there, and
+the converters fill it from timm's ``pretrained_cfg`` or a transformers image processor.
 """
 from __future__ import annotations
 
@@ -102,21 +105,37 @@ class Preprocess:
         return {"img_size": h if h == w else [h, w], "in_chans": self.in_chans, "mean": list(self.mean),
                 "std": list(self.std), "interpolation": self.interpolation, "crop_pct": self.crop_pct}
 
+    def adapted(self, img_size=None, in_chans: int | None = None, crop_pct: float | None = None) -> Preprocess:
+        """The same statistics for another input size, channel count or crop fraction.
+
+        Channels follow :func:`vitkit.models.adapt.adapt_input_conv`: one channel takes the
+        mean of the statistics, more channels repeat them cyclically.
+        """
+        chans = self.in_chans if in_chans is None else int(in_chans)
+        mean, std = self.mean, self.std
+        if chans != self.in_chans:
+            if chans == 1:
+                mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+            else:
+                mean, std = ((mean * chans)[:chans], (std * chans)[:chans])
+        return dataclasses.replace(self, img_size=self.img_size if img_size is None else img_size, in_chans=chans,
+                                   mean=mean, std=std, crop_pct=self.crop_pct if crop_pct is None else crop_pct)
+
     @property
     def resize_size(self) -> tuple[int, int]:
-        """The size an image is resized to before the center crop: ``img_size / crop_pct``."""
+        """The size before the center crop: ``img_size / crop_pct`` (the shorter side for a square size)."""
         return math.floor(self.img_size[0] / self.crop_pct), math.floor(self.img_size[1] / self.crop_pct)
 
     def resize(self, image: torch.Tensor, interpolation: str | None = None) -> torch.Tensor:
-        """(..., C, h, w) -> (..., C, H, W); ``interpolation`` overrides (e.g. "nearest" for masks)."""
+        """(..., C, h, w) -> (..., C, H, W): shorter side to ``size / crop_pct``, center crop;
+        ``interpolation`` overrides (e.g. "nearest" for masks)."""
         mode = INTERPOLATIONS[interpolation or self.interpolation]
         h, w = self.img_size
-        if self.crop_pct < 1.0:
-            image = TF.resize(image, list(self.resize_size), interpolation=mode, antialias=True)
-            return TF.center_crop(image, [h, w])
-        if tuple(image.shape[-2:]) != (h, w):
-            image = TF.resize(image, [h, w], interpolation=mode, antialias=True)
-        return image
+        if tuple(image.shape[-2:]) == (h, w) and self.crop_pct == 1.0:
+            return image
+        size = [self.resize_size[0]] if h == w else list(self.resize_size)  # one int: the shorter side
+        image = TF.resize(image, size, interpolation=mode, antialias=True)  # a no-op at that size already
+        return TF.center_crop(image, [h, w])
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (0..255) or float (0..1) image (..., C, H, W) -> float32 (x - mean) / std."""

@@ -7,7 +7,8 @@ HELP = "evaluate a run dir or saved model: top-1/top-5, per-class accuracy, conf
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", metavar="RUN_DIR_OR_MODEL", help="a `vitkit train` run dir or a save_pretrained dir")
+    p.add_argument("model", metavar="RUN_DIR_OR_MODEL",
+                   help="a `vitkit train` run dir, a save_pretrained dir or a hub spec (hf:ORG/REPO, timm:NAME.TAG)")
     p.add_argument("--data", default=None, help="data set name (default: the run's)")
     p.add_argument("--data-dir", default=None, help="data directory (default: the run's)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate")
@@ -50,6 +51,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from vitkit.data import build_data
+    from vitkit.download import is_hub_spec
     from vitkit.engine.evaluate import eval_loader, evaluate, format_report
     from vitkit.engine.plots import plot_confusion
     from vitkit.errors import VitkitError
@@ -64,13 +66,14 @@ def run(args) -> int:
         raise VitkitError(f"{args.model} is not a run dir or a save_pretrained dir; pass the --out of `vitkit train`")
     sets = split_sets(args.sets, ("model", "data"), "data")
     model, model_dir = create_model(source, **sets["model"]).to(device), source.weights.parent
-    bundle = build_data(data_config(args, model, sets["data"]))
+    bundle = build_data(data_config(args, model, sets["data"]), model.preprocess)  # normalised as the model expects
     if (bundle.num_classes, bundle.in_chans) != (model.num_classes, model.in_chans):
         raise VitkitError(f"the model predicts {model.num_classes} classes from {model.in_chans} channels but "
                           f"{bundle.num_classes} / {bundle.in_chans} in the data; "
                           "evaluate on the data it was trained on")
     split = bundle.val if args.split == "val" else bundle.train
     default_out = model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots"
+    default_out = Path("plots") if is_hub_spec(args.model) else default_out  # not into the hub cache
     out = make_dir(Path(args.out) if args.out else default_out)
     metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
     if not math.isfinite(metrics["loss"]):

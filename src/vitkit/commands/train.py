@@ -11,6 +11,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="registered model name (overrides the recipe's)")
     p.add_argument("--data", default=None, help="data set: digits, fashion-mnist, imagefolder, seg-canvas, seg-folder")
     p.add_argument("--data-dir", default=None, help="where the data set lives (same as --set data.data_dir=...)")
+    p.add_argument("--init", default=None, metavar="SPEC",
+                   help="start from pretrained weights: a run or save dir, a checkpoint file, timm:NAME[.TAG] or "
+                        "hf:ORG/REPO[@REV] (same as --set init=SPEC); heads, channels and size are adapted")
     add_set_argument(p, "optim.lr=1e-3 model.depth=4 model.vt.num_tokens=8 data.limit_train=512")
     p.add_argument("--out", default=None, help="run directory (default: runs/<recipe>)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (with --resume: extend the run)")
@@ -31,7 +34,7 @@ def build_config(args):
 
     overrides = parse_set_args(args.sets)
     for key, value in (("model", args.model), ("data.name", args.data), ("data.data_dir", args.data_dir),
-                       ("epochs", args.epochs), ("out_dir", args.out), ("device", args.device)):
+                       ("init", args.init), ("epochs", args.epochs), ("out_dir", args.out), ("device", args.device)):
         if value is not None:
             overrides[key] = value
     return resolve(get_recipe(args.recipe or DEFAULT_RECIPE), overrides)
@@ -42,7 +45,7 @@ def resume_config(args):
     from vitkit.errors import VitkitError
 
     extra = [flag for flag, v in (("--recipe", args.recipe), ("--model", args.model), ("--data", args.data),
-                                  ("--set", args.sets), ("--out", args.out)) if v]
+                                  ("--init", args.init), ("--set", args.sets), ("--out", args.out)) if v]
     if extra:
         raise VitkitError(f"{', '.join(extra)} cannot be combined with --resume (the run keeps its config); "
                           "only --epochs (extend it) and --device (move it) may change")
@@ -116,10 +119,13 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    import shlex
+
     from vitkit.engine.trainer import Interrupted, train
 
+    command = shlex.join(["vitkit", *getattr(args, "_argv", [])])
     try:
-        metrics = train(cfg, resume=resume)
+        metrics = train(cfg, resume=resume, command=command)
     except Interrupted as exc:  # Ctrl-C: 130; SIGTERM / SIGUSR1 (preemption): 75
         print(f"vitkit train: {exc}", flush=True)
         return exc.exit_code

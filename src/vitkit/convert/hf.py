@@ -5,6 +5,10 @@ and the older one found in most saved checkpoints (``encoder.layer.N.attention.a
 ``intermediate.dense``, ``output.dense``). Separate q/k/v projections are stacked into
 vitkit's fused ``attn.qkv``. HF's attention scale is head_dim^-0.5 like vitkit's SDPA.
 
+A saved transformers folder (``config.json`` with ``model_type: vit`` and, optionally,
+``preprocessor_config.json``) is read without transformers by :func:`hf_folder_config`:
+the vitkit config, the preprocessing of its image processor and the class names.
+
 Not carried over: ``ViTModel``'s pooler (dense + tanh on the class token, unused by
 ``ViTForImageClassification``) and the ``mask_token`` of masked-image modelling. Dropout
 placement differs slightly in training (vitkit also drops after the MLP activation and
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +29,13 @@ from vitkit.models.hub import check_state_dict
 from vitkit.models.vit import VisionTransformer, ViTConfig
 
 _SUPPORTED = ("ViTModel", "ViTForImageClassification")
+
+# transformers' ViTConfig defaults, for keys a config.json leaves out
+_HF_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                    layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3, qkv_bias=True)
+# PIL resampling codes (image processors store them as ints) -> vitkit interpolation
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 # transformers < 5 names -> >= 5 names (applied in order, on the key without the 'vit.' prefix)
 _LEGACY = [
@@ -58,7 +71,11 @@ def hf_config(hf_model: nn.Module) -> ViTConfig:
     if name not in _SUPPORTED:
         raise VitkitError(f"expected a transformers ViTModel or ViTForImageClassification, got {name}; "
                           "other architectures (DeiT, BEiT, ...) are not converted")
-    c = hf_model.config
+    return _vit_config(hf_model.config, classifier=name == "ViTForImageClassification")
+
+
+def _vit_config(c, classifier: bool) -> ViTConfig:
+    """A transformers ViT config (attributes as on ``ViTConfig``) -> vitkit's."""
     if c.hidden_act != "gelu":
         raise VitkitError(f"hidden_act='{c.hidden_act}' is not supported; vitkit's MLP uses exact GELU ('gelu')")
     heads, dim = c.num_attention_heads, c.hidden_size
@@ -71,11 +88,56 @@ def hf_config(hf_model: nn.Module) -> ViTConfig:
         raise VitkitError(f"intermediate_size {c.intermediate_size} is not representable as hidden_size * mlp_ratio")
     return ViTConfig(
         img_size=c.image_size, patch_size=_square_patch(c.patch_size), in_chans=c.num_channels,
-        num_classes=c.num_labels if name == "ViTForImageClassification" else 0,
+        num_classes=c.num_labels if classifier else 0,
         embed_dim=dim, depth=c.num_hidden_layers, num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=bool(c.qkv_bias),
         class_token=True, global_pool="token", drop_rate=float(c.hidden_dropout_prob),
         attn_drop_rate=float(c.attention_probs_dropout_prob), norm_eps=float(c.layer_norm_eps),
     )
+
+
+def hf_folder_config(config: Mapping[str, Any], processor: Mapping[str, Any] | None
+                     ) -> tuple[ViTConfig, dict, list[str] | None]:
+    """A transformers ``config.json`` (+ ``preprocessor_config.json``) -> (vitkit config,
+    preprocess dict, class names). ``architectures`` says whether it has a classifier."""
+    if config.get("model_type") != "vit":
+        raise VitkitError(f"transformers model_type '{config.get('model_type')}' is not converted; vitkit reads "
+                          "plain ViT checkpoints (model_type 'vit')")
+    labels = config.get("id2label") or {}
+    fields = {**_HF_DEFAULTS, **config, "num_labels": len(labels) or 2}
+    classifier = "ViTForImageClassification" in (config.get("architectures") or [])
+    cfg = _vit_config(SimpleNamespace(**fields), classifier)
+    names = [labels[k] for k in sorted(labels, key=int)] if classifier and labels else None
+    if names and all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        names = None  # transformers' placeholders, not names
+    return cfg, hf_preprocess(processor or {}, cfg), names
+
+
+def hf_preprocess(proc: Mapping[str, Any], cfg: ViTConfig) -> dict:
+    """An image processor config -> a vitkit preprocess dict (ViTImageProcessor's defaults:
+    resize to the model size, bilinear, mean = std = 0.5)."""
+    size = proc.get("size", cfg.img_size)
+    crop = proc.get("crop_size") if proc.get("do_center_crop") else None
+    out: dict[str, Any] = {"img_size": _hw(crop or size, cfg.img_size), "in_chans": cfg.in_chans,
+                           "interpolation": _RESAMPLE.get(proc.get("resample", 2), "bicubic")}
+    if crop is not None:
+        out["crop_pct"] = min(1.0, out["img_size"][0] / _hw(size, cfg.img_size)[0])
+    if proc.get("do_normalize", True):
+        out["mean"], out["std"] = proc.get("image_mean", 0.5), proc.get("image_std", 0.5)
+    else:
+        out["mean"], out["std"] = 0.0, 1.0
+    return out
+
+
+def _hw(size, default) -> list[int]:
+    """An image processor size ({"height", "width"}, {"shortest_edge"}, or an int) -> [H, W]."""
+    if isinstance(size, Mapping):
+        if "height" in size and "width" in size:
+            return [int(size["height"]), int(size["width"])]
+        if "shortest_edge" in size:
+            return [int(size["shortest_edge"])] * 2
+        size = default
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return [int(h), int(w)]
 
 
 def _square_patch(size) -> int:

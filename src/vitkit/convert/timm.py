@@ -6,6 +6,13 @@ handled here: a hybrid's CNN trunk children are renamed to torchvision's names
 ``patch_embed.patch.proj``; everything vitkit cannot represent (register tokens,
 ``no_embed_class``, attention pooling, pre-norm, RMSNorm, SwiGLU, ...) is refused with a
 :class:`VitkitError` naming the feature. timm is imported only when a model is inspected.
+
+A folder as timm publishes it on the Hub (``config.json`` with ``architecture``,
+``model_args`` and ``pretrained_cfg`` next to the weights) is read by
+:func:`timm_folder_config`: an architecture vitkit also has (``vit_base_patch16_224``,
+``resnet50``, ...) needs no timm; any other is built by timm on the ``meta`` device and
+read by :func:`timm_config`. ``pretrained_cfg`` becomes the preprocessing (input size,
+mean/std, interpolation, crop fraction). timm ResNet weights load into vitkit's ResNet.
 """
 from __future__ import annotations
 
@@ -16,10 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitkit.config import apply_overrides
 from vitkit.errors import VitkitError
 from vitkit.layers.patch_embed import HYBRID_BACKBONES
 from vitkit.layers.resnet import LAYOUTS
+from vitkit.models.catalog import get_entry, is_registered
 from vitkit.models.hub import check_state_dict
+from vitkit.models.resnet import ResNet
 from vitkit.models.vit import VisionTransformer, ViTConfig
 
 # Key fragments that only occur in timm features vitkit does not implement.
@@ -308,3 +318,73 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
     check_state_dict(model, state, source=f"timm {type(timm_model).__name__}")
     model.load_state_dict(state, strict=True)
     return model.train(timm_model.training)
+
+
+# ---------------------------------------------------------------- hub folders
+_TIMM_MEAN, _TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults (ImageNet)
+
+
+def convert_timm_resnet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm (= torchvision) ResNet keys -> vitkit's ResNet: the trunk under ``trunk.``, ``fc`` as is."""
+    state = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return {k if k.startswith("fc.") else f"trunk.{k}": v for k, v in state.items()}
+
+
+def timm_folder_config(meta: Mapping[str, Any]) -> tuple[type, Any, dict, list[str] | None]:
+    """A timm hub ``config.json`` -> (model class, vitkit config, preprocess dict, class names)."""
+    arch = meta.get("architecture")
+    if not isinstance(arch, str):
+        raise VitkitError("a timm config.json names its 'architecture'; this one does not")
+    pcfg = meta.get("pretrained_cfg") or {}
+    args = dict(meta.get("model_args") or {})
+    args.setdefault("num_classes", meta.get("num_classes", pcfg.get("num_classes", 1000)))
+    if meta.get("global_pool"):
+        args.setdefault("global_pool", meta["global_pool"])
+    size = pcfg.get("input_size")
+    if size and "img_size" not in args:
+        args["img_size"] = list(size[1:])
+    if size and "in_chans" not in args:
+        args["in_chans"] = int(size[0])
+    cls, config = _preset_config(arch, args) or _built_config(arch, args)
+    return cls, config, timm_preprocess(pcfg, config), _label_names(meta.get("label_names"))
+
+
+def _preset_config(arch: str, args: dict) -> tuple[type, Any] | None:
+    """A vitkit preset of the same name (the same architecture) with timm's ``model_args``, if all fit."""
+    if not is_registered(arch) or get_entry(arch).cls not in (VisionTransformer, ResNet):
+        return None
+    entry = get_entry(arch)
+    if set(args) - set(entry.config.__dataclass_fields__):
+        return None  # an option vitkit's preset does not have: let timm read it
+    return entry.cls, apply_overrides(entry.config, args)
+
+
+def _built_config(arch: str, args: dict) -> tuple[type, ViTConfig]:
+    """timm builds ``arch`` on the meta device (no memory, no weights); :func:`timm_config` reads it."""
+    try:
+        import timm
+    except ImportError:
+        raise VitkitError(f"timm architecture '{arch}' is not one of vitkit's presets and timm is not installed "
+                          "to read it; `pip install timm`, or pass a vitkit model name and pretrained=...") from None
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **args)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise VitkitError(f"timm cannot build '{arch}' with {args}: {str(exc).splitlines()[0]}") from None
+    return VisionTransformer, timm_config(model)
+
+
+def timm_preprocess(pcfg: Mapping[str, Any], config) -> dict:
+    """timm's ``pretrained_cfg`` -> a vitkit preprocess dict (timm's defaults where it is silent;
+    an interpolation vitkit lacks, such as lanczos, becomes bicubic)."""
+    interp = pcfg.get("interpolation", "bicubic")
+    return {"img_size": config.img_size, "in_chans": config.in_chans,
+            "mean": list(pcfg.get("mean", _TIMM_MEAN)), "std": list(pcfg.get("std", _TIMM_STD)),
+            "interpolation": interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
+            "crop_pct": float(pcfg.get("crop_pct", 0.875))}
+
+
+def _label_names(names) -> list[str] | None:
+    if isinstance(names, Mapping):
+        names = [names[k] for k in sorted(names, key=int)]
+    return [str(n) for n in names] if names else None

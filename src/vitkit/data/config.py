@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from vitkit.checks import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, SIDE, number, optional
+from vitkit.checks import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, SEED, SIDE, each, number, optional
 from vitkit.preprocess import Preprocess
 
 DATASETS = ("digits", "fashion-mnist", "imagefolder", "seg-canvas", "seg-folder")
@@ -25,7 +25,9 @@ class DataConfig:
     val_fraction: float = 0.1  # held-out fraction when one folder (or digits) is split by seed
     seed: int = 0
     augment: str = "basic"  # none | basic (random crop with padding + horizontal flip) | randaugment
-    crop_padding: int = 2
+    crop_padding: int = 2  # in-memory data sets: padding of the random crop
+    crop_pct: float | None = None  # folders: evaluation center crop; None = the --init weights' (else 0.875)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # folders: area fraction range of the random resized crop
     hflip: bool = True
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
@@ -40,7 +42,8 @@ class DataConfig:
 
     checks: ClassVar[dict] = {
         "img_size": optional(SIDE), "val_fraction": number(0, 1, lo_open=True, hi_open=True), "seed": SEED,
-        "crop_padding": NON_NEGATIVE_INT, "randaugment_ops": NON_NEGATIVE_INT,
+        "crop_padding": NON_NEGATIVE_INT, "crop_pct": optional(number(0, 1, lo_open=True)),
+        "crop_scale": each(number(0, 1, lo_open=True), length=2), "randaugment_ops": NON_NEGATIVE_INT,
         "randaugment_magnitude": number(0, 30, integer=True), "mixup_alpha": NON_NEGATIVE,
         "cutmix_alpha": NON_NEGATIVE, "limit_train": optional(COUNT), "limit_val": optional(COUNT),
         "canvas_size": SIDE, "canvas_items": COUNT, "canvas_train_size": COUNT, "canvas_val_size": COUNT,

@@ -5,7 +5,7 @@ import torch
 
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset, stratified_split
-from vitkit.data.transforms import ClassificationTransform, build_batch_transform, float_stats
+from vitkit.data.transforms import ClassificationTransform, build_batch_transform, data_preprocess, float_stats
 from vitkit.preprocess import Preprocess
 
 NATIVE_SIZE = 8
@@ -20,12 +20,12 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(digits.target, dtype=torch.long)
 
 
-def build_digits(cfg: DataConfig) -> DataBundle:
-    """Digits split into train/val by a seeded stratified ``val_fraction``."""
+def build_digits(cfg: DataConfig, base: Preprocess | None = None) -> DataBundle:
+    """Digits split into train/val by a seeded stratified ``val_fraction`` (``base``: see build_data)."""
     images, labels = load_digits_tensors()
     train_idx, val_idx = stratified_split(labels.tolist(), cfg.val_fraction, cfg.seed)
     mean, std = float_stats(images[train_idx])
-    pre = Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std)
+    pre = data_preprocess(Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std), base)
     images = presize(images, pre)
     make = lambda idx, train: ArrayDataset(  # noqa: E731
         images[idx], labels[idx], ClassificationTransform(cfg, pre, train)

@@ -15,7 +15,7 @@ import torch
 
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import ArrayDataset, presize, seeded_subset
-from vitkit.data.transforms import ClassificationTransform, build_batch_transform, uint8_stats
+from vitkit.data.transforms import ClassificationTransform, build_batch_transform, data_preprocess, uint8_stats
 from vitkit.errors import VitkitError
 from vitkit.preprocess import Preprocess
 
@@ -92,12 +92,13 @@ def load_split(data_dir: str | None, split: str) -> tuple[torch.Tensor, torch.Te
     return _load_split_cached(paths[0], paths[1], stamp)
 
 
-def build_fashion_mnist(cfg: DataConfig) -> DataBundle:
-    """Train = the 60k train split, val = the 10k test split (``val_fraction`` is not used)."""
+def build_fashion_mnist(cfg: DataConfig, base: Preprocess | None = None) -> DataBundle:
+    """Train = the 60k train split, val = the 10k test split (``val_fraction`` is not used;
+    ``base``: see build_data)."""
     train_x, train_y = load_split(cfg.data_dir, "train")
     val_x, val_y = load_split(cfg.data_dir, "test")
     mean, std = uint8_stats(train_x)
-    pre = Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std)
+    pre = data_preprocess(Preprocess(cfg.img_size or NATIVE_SIZE, 1, mean, std), base)
     train_x, val_x = presize(train_x, pre), presize(val_x, pre)
     train = ArrayDataset(train_x, train_y, ClassificationTransform(cfg, pre, True))
     val = ArrayDataset(val_x, val_y, ClassificationTransform(cfg, pre, False))

@@ -7,8 +7,10 @@ Layouts (``data_dir``)::
 
 Without train/ and val/ the one folder is split by a seeded ``val_fraction``. Images are read
 with PIL on access; the channel count comes from the first image (grayscale -> 1, else 3) and
-every image is converted to it; every image is resized to ``img_size`` (default: the first
-image's larger side).
+every image is converted to it. ``img_size`` defaults to the first image's larger side. Images
+keep their aspect ratio: classification trains on random resized crops and evaluates on the
+center crop (shorter side to size / crop_pct); segmentation resizes the shorter side to
+``img_size`` and center-crops image and mask alike.
 """
 from __future__ import annotations
 
@@ -20,11 +22,18 @@ from torch.utils.data import Dataset, Subset
 from vitkit.data.config import IGNORE_INDEX, DataBundle, DataConfig
 from vitkit.data.datasets import seeded_subset, stratified_split
 from vitkit.data.images import check_image, image_header, is_grayscale_mode, is_image_name, read_image, read_mask
-from vitkit.data.transforms import ClassificationTransform, SegmentationTransform, build_batch_transform, float_stats
+from vitkit.data.transforms import (
+    ClassificationTransform,
+    SegmentationTransform,
+    build_batch_transform,
+    data_preprocess,
+    float_stats,
+)
 from vitkit.errors import VitkitError
 from vitkit.preprocess import Preprocess
 
 STATS_SAMPLE = 256  # images used to estimate the normalisation mean/std
+FOLDER_CROP_PCT = 0.875  # evaluation center crop of classification folders (timm's default)
 
 
 class FolderDataset(Dataset):
@@ -136,8 +145,9 @@ def _random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def build_imagefolder(cfg: DataConfig) -> DataBundle:
-    """Classification from class subfolders (train/ + val/, or one folder split by seed)."""
+def build_imagefolder(cfg: DataConfig, base: Preprocess | None = None) -> DataBundle:
+    """Classification from class subfolders (train/ + val/, or one folder split by seed);
+    ``base``: the initial weights' preprocessing (see build_data)."""
     root = _root(cfg)
     dirs = _split_dirs(root)
     if dirs:
@@ -148,15 +158,20 @@ def build_imagefolder(cfg: DataConfig) -> DataBundle:
         train_idx, val_idx = stratified_split([s[1] for s in samples], cfg.val_fraction, cfg.seed)
         train_s, val_s = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     make = lambda s, chans, transform: FolderDataset(s, chans, transform)  # noqa: E731
-    return _folder_bundle(cfg, "classification", train_s, val_s, classes, make, ClassificationTransform)
+    crop = cfg.crop_pct if cfg.crop_pct is not None or base is not None else FOLDER_CROP_PCT
+    transform = lambda cfg, pre, train: ClassificationTransform(cfg, pre, train, resized_crop=True)  # noqa: E731
+    return _folder_bundle(cfg, "classification", train_s, val_s, classes, make, transform, base, crop)
 
 
 def _folder_bundle(cfg: DataConfig, task: str, train_items: list, val_items: list, classes: list[str],
-                   make, transform_cls) -> DataBundle:
-    """Probe channels/size and normalisation on the training images, wrap both splits; the val
-    files in use are checked now (a corrupt one is an error before epoch 1)."""
+                   make, transform_cls, base: Preprocess | None, crop_pct: float | None) -> DataBundle:
+    """Probe channels/size and normalisation on the training images (unless ``base`` gives
+    them), wrap both splits; the val files in use are checked now (a corrupt one is an error
+    before epoch 1). ``crop_pct`` None keeps ``base``'s."""
     in_chans, img_size = _probe(train_items[0][0], cfg)
-    pre = _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed)
+    measured = Preprocess(img_size, in_chans) if base is not None else None
+    pre = data_preprocess(measured or _stats([p for p, _ in train_items], in_chans, img_size, cfg.seed), base,
+                          crop_pct)
 
     def split(items, train: bool, limit, label):
         data = make(items, in_chans, transform_cls(cfg, pre, train))
@@ -205,7 +220,7 @@ def _seg_classes(root: Path, pairs: list[tuple[Path, Path]]) -> list[str]:
     return [str(i) for i in range(max(top + 1, 2))]
 
 
-def build_seg_folder(cfg: DataConfig) -> DataBundle:
+def build_seg_folder(cfg: DataConfig, base: Preprocess | None = None) -> DataBundle:
     """Segmentation from images/ + masks/ (train/ + val/, or one folder split by seed)."""
     root = _root(cfg)
     dirs = _split_dirs(root)
@@ -217,4 +232,5 @@ def build_seg_folder(cfg: DataConfig) -> DataBundle:
         train_p, val_p = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
     classes = _seg_classes(root, train_p + val_p)
     make = lambda p, chans, transform: SegFolderDataset(p, chans, len(classes), transform)  # noqa: E731
-    return _folder_bundle(cfg, "segmentation", train_p, val_p, classes, make, SegmentationTransform)
+    return _folder_bundle(cfg, "segmentation", train_p, val_p, classes, make, SegmentationTransform, base,
+                          cfg.crop_pct or 1.0)

@@ -17,7 +17,7 @@ import torch
 from vitkit.data import fashion_mnist as fm
 from vitkit.data.config import DataBundle, DataConfig
 from vitkit.data.datasets import SegArrayDataset, check_limit
-from vitkit.data.transforms import SegmentationTransform, build_batch_transform, uint8_stats
+from vitkit.data.transforms import SegmentationTransform, build_batch_transform, data_preprocess, uint8_stats
 from vitkit.errors import VitkitError
 from vitkit.preprocess import Preprocess
 
@@ -74,13 +74,13 @@ def _check(cfg: DataConfig) -> None:
         raise VitkitError("canvas_items, canvas_train_size and canvas_val_size must be >= 1")
 
 
-def build_seg_canvas(cfg: DataConfig) -> DataBundle:
-    """Fashion-MNIST canvases for segmentation: 1 channel, 11 classes (0 = background)."""
+def build_seg_canvas(cfg: DataConfig, base: Preprocess | None = None) -> DataBundle:
+    """Fashion-MNIST canvases for segmentation: 1 channel, 11 classes (0 = background; ``base``: see build_data)."""
     _check(cfg)
     train_x, train_m = make_split(cfg, "train", cfg.canvas_train_size, cfg.limit_train, "limit_train")
     val_x, val_m = make_split(cfg, "test", cfg.canvas_val_size, cfg.limit_val, "limit_val")
     mean, std = uint8_stats(train_x)
-    pre = Preprocess(cfg.img_size or cfg.canvas_size, 1, mean, std)
+    pre = data_preprocess(Preprocess(cfg.img_size or cfg.canvas_size, 1, mean, std), base)
     return DataBundle(
         train=SegArrayDataset(train_x, train_m, SegmentationTransform(cfg, pre, True)),
         val=SegArrayDataset(val_x, val_m, SegmentationTransform(cfg, pre, False)),

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from vitkit.data.config import AUGMENTS, IGNORE_INDEX, DataConfig
 from vitkit.errors import VitkitError
-from vitkit.preprocess import Preprocess
+from vitkit.preprocess import INTERPOLATIONS, Preprocess
 
 MIN_STD = 1e-4  # statistics are rounded to 4 decimals; a constant channel keeps std > 0
 
@@ -44,6 +44,16 @@ def check_augment(cfg: DataConfig) -> None:
         raise VitkitError(f"unknown augment '{cfg.augment}'; choose one of {', '.join(AUGMENTS)}")
     if cfg.crop_padding < 0 or cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0:
         raise VitkitError("crop_padding, mixup_alpha and cutmix_alpha must be >= 0")
+    low, high = cfg.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise VitkitError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {cfg.crop_scale}")
+
+
+def data_preprocess(measured: Preprocess, base: Preprocess | None, crop_pct: float | None = 1.0) -> Preprocess:
+    """The preprocessing a data set uses: ``base`` (the initial weights') at the data's size and
+    channels, else ``measured``; then ``crop_pct`` (None keeps ``base``'s crop fraction)."""
+    pre = measured if base is None else base.adapted(measured.img_size, measured.in_chans)
+    return pre if crop_pct is None else pre.adapted(crop_pct=crop_pct)
 
 
 def _crop_flip(tensors: list[torch.Tensor], fills: list[int], pad: int, hflip: bool) -> list[torch.Tensor]:
@@ -82,30 +92,41 @@ def crop_flip_batch(images: torch.Tensor, pad: int, hflip: bool) -> torch.Tensor
 class ClassificationTransform:
     """uint8 or 0..1 float image (C, h, w) -> normalised float (C, H, W) at ``pre.img_size``.
 
-    ``pre.resize`` -> [train: crop with padding, flip, RandAugment] -> ``pre.normalize``.
+    In-memory sets: ``pre.resize`` -> [train: crop with padding, flip, RandAugment] -> normalise.
+    Folders (``resized_crop``): train = RandomResizedCrop (area ``crop_scale``, aspect 3/4..4/3)
+    -> flip -> [RandAugment] -> normalise; eval = ``pre.resize`` (shorter side to
+    size / crop_pct, center crop) -> normalise.
     Crop/flip/normalise are plain tensor ops: on 28x28 uint8 items about 3x cheaper than the
     same v2 modules in a Compose (``python -m vitkit.tools.bench`` prints both).
     """
 
-    def __init__(self, cfg: DataConfig, pre: Preprocess, train: bool):
+    def __init__(self, cfg: DataConfig, pre: Preprocess, train: bool, resized_crop: bool = False):
         self.pre = pre
         self.augment = cfg.augment if train else "none"
         self.pad, self.hflip = cfg.crop_padding, cfg.hflip
         self.randaugment = (v2.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude)
                             if self.augment == "randaugment" else None)
+        self.resized_crop = (v2.RandomResizedCrop(list(pre.img_size), scale=tuple(cfg.crop_scale),
+                                                  interpolation=INTERPOLATIONS[pre.interpolation], antialias=True)
+                             if resized_crop and self.augment != "none" else None)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.pre.resize(image)
-        if self.augment != "none":
-            (image,) = _crop_flip([image], [0], self.pad, self.hflip)
-            if self.randaugment is not None:
-                image = self.randaugment(image)
+        if self.resized_crop is not None:
+            image = self.resized_crop(image)
+            if self.hflip and torch.rand(()) < 0.5:
+                image = image.flip(-1)
+        else:
+            image = self.pre.resize(image)
+            if self.augment != "none":
+                (image,) = _crop_flip([image], [0], self.pad, self.hflip)
+        if self.randaugment is not None:
+            image = self.randaugment(image)
         return self.pre.normalize(image)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor | None:
-        """(B, C, h, w) -> normalised (B, C, H, W) in one go; None for RandAugment
-        (per-image ops), so the caller goes item by item."""
-        if self.randaugment is not None:
+        """(B, C, h, w) -> normalised (B, C, H, W) in one go; None for per-image ops (RandAugment,
+        random resized crops), so the caller goes item by item."""
+        if self.randaugment is not None or self.resized_crop is not None:
             return None
         images = self.pre.resize(images)
         if self.augment != "none":

@@ -97,6 +97,7 @@ class FinetuneConfig:
 class RunConfig:
     model_name: str = ""  # the registered preset `model` comes from (filled in from a name)
     model: Any = "vit_mini_patch2_8"  # a preset name, or its typed config; always the config after init
+    init: str | None = None  # pretrained weights to start from (any create_model pretrained= spec); None = random
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

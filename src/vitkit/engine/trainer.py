@@ -34,7 +34,7 @@ from vitkit.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from vitkit.engine.run_config import RunConfig, save_run_config
 from vitkit.engine.runlock import lock_run_dir
 from vitkit.errors import VitkitError
-from vitkit.registry import get_config, get_entry
+from vitkit.registry import get_config, get_entry, load_into, pretrained_preprocess
 
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_PREEMPTED = 75  # SIGTERM / SIGUSR1 (sysexits EX_TEMPFAIL: try again later, with --resume)
@@ -71,6 +71,7 @@ class Run:
     history: list = field(default_factory=list)
     validated_last: bool = False  # the last epoch's validation ran (on every rank's say-so)
     partial: dict | None = None  # sums of the resumed epoch's part before a mid-epoch stop
+    command: str | None = None  # the command line that started (or resumed) the run, for its model card
 
     @property
     def task(self) -> str:
@@ -140,9 +141,17 @@ def model_config_for(cfg: RunConfig, bundle: DataBundle):
     return dataclasses.replace(cfg.model, **sizes)
 
 
+def init_preprocess(cfg: RunConfig):
+    """The preprocessing saved with the ``init`` weights (None: none given, or a bare checkpoint file)."""
+    return None if cfg.init is None else pretrained_preprocess(cfg.init)
+
+
 def build_model(cfg: RunConfig, bundle: DataBundle) -> torch.nn.Module:
-    """The registered model sized for the data (classes, channels, image size)."""
+    """The registered model sized for the data (classes, channels, image size), starting from
+    the ``init`` weights (adapted to the data: head, channels, E_pos) when given."""
     model = get_entry(cfg.model_name).cls(model_config_for(cfg, bundle))
+    if cfg.init is not None:
+        load_into(model, cfg.init)
     model.preprocess, model.class_names = bundle.preprocess, list(bundle.class_names)  # saved with the weights
     return model
 
@@ -168,7 +177,7 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    bundle = build_data(cfg.data)
+    bundle = build_data(cfg.data, init_preprocess(cfg))
     model = build_model(cfg, bundle).to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -308,23 +317,25 @@ def finish(run: Run, metrics: dict | None) -> dict:
     return metrics
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train ``cfg`` into ``cfg.out_dir`` (or continue it with ``resume``); final metrics."""
+def train(cfg: RunConfig, resume: bool = False, command: str | None = None) -> dict:
+    """Train ``cfg`` into ``cfg.out_dir`` (or continue it with ``resume``); final metrics.
+    ``command`` (the command line) is recorded in metrics.json and the model card."""
     info = D.setup(cfg.device)
     try:
         run_dir = Path(cfg.out_dir)
         cfg = resolve_data_config(cfg)
         with lock_run_dir(run_dir, owner=info.is_main) or contextlib.nullcontext():  # one writer per run dir
-            return _train_locked(cfg, run_dir, info, resume)
+            return _train_locked(cfg, run_dir, info, resume, command)
     finally:
         D.cleanup(info)
 
 
-def _train_locked(cfg: RunConfig, run_dir: Path, info: D.DistInfo, resume: bool) -> dict:
+def _train_locked(cfg: RunConfig, run_dir: Path, info: D.DistInfo, resume: bool, command: str | None) -> dict:
     if not resume and has_checkpoint(run_dir):
         raise VitkitError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
                           "or pick another --out")
     run = prepare(cfg, run_dir, info)
+    run.command = command
     start = restore(run) if resume else (0, 0, None)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@
     hidden_states(x)                 -> every layer's output, the embedding (stem) output first
     prune_intermediate_layers(idx)   -> drop the layers after the last one asked for, and the head
     set_grad_checkpointing(enable)   -> recompute the layers' activations in the backward pass
+    reset_classifier(k, global_pool) -> new head(s) for k classes (classifiers)
 
 Every config has ``img_size``, ``in_chans`` and ``num_classes``; the model keeps it as
 ``model.config`` so that ``save_pretrained`` writes a self-describing directory, together
@@ -125,6 +126,7 @@ class VitkitModel(nn.Module):
     num_features: int
     grad_checkpointing: bool = False
     class_names: list[str] | None = None
+    adaptation: Any = None  # what loading pretrained weights changed (vitkit.models.adapt.Adaptation)
     _preprocess: Preprocess | None = None
 
     @property
@@ -216,8 +218,30 @@ class VitkitModel(nn.Module):
         """:meth:`layer_id` of every parameter; the largest is the head's (``num_layers``)."""
         return {name: self.layer_id(name) for name, _ in self.named_parameters()}
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New, freshly initialised head(s) for ``num_classes`` (0: headless). ``global_pool``
+        changes the pooling ("" keeps every token / position), None keeps it."""
+        raise VitkitError(f"{type(self).__name__} is a {self.task} model, not a classifier; "
+                          "build it with num_classes=... instead")
+
+    @property
+    def first_conv(self) -> str:
+        """Name of the convolution that reads the image channels (adapted for another ``in_chans``)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == self.in_chans:
+                return name
+        raise VitkitError(f"{type(self).__name__} has no convolution reading the {self.in_chans} input channels")
+
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Hook: adapt loaded weights to this model (e.g. resample positional embeddings)."""
+        """Hook: adapt loaded weights to this model (e.g. resample positional embeddings). By
+        default each sub-model (a ViT-Seg's ViT backbone) adapts its own part."""
+        for name, child in self.named_children():
+            if isinstance(child, VitkitModel):
+                prefix = f"{name}."
+                part = child.adapt_state_dict({k[len(prefix):]: v for k, v in state_dict.items()
+                                               if k.startswith(prefix)})
+                state_dict = {**{k: v for k, v in state_dict.items() if not k.startswith(prefix)},
+                              **{prefix + k: v for k, v in part.items()}}
         return state_dict
 
     def save_pretrained(self, path, extra: dict | None = None) -> None:

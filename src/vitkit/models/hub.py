@@ -3,6 +3,7 @@
     DIR/model.safetensors   the state dict
     DIR/config.json         {"family", "config", "preprocess", "class_names", "task",
                              "weights_sha256", ...extras}
+    DIR/README.md           the model card (vitkit.models.card), as the Hugging Face Hub shows it
 
 ``weights_sha256`` is the SHA-256 of ``model.safetensors``: every load of a directory that
 records it checks it first, so flipped or truncated weights are an error, never silently
@@ -22,7 +23,8 @@ from safetensors.torch import load, save
 
 from vitkit.config import to_dict
 from vitkit.errors import VitkitError
-from vitkit.io import atomic_write_bytes, atomic_write_json, read_json
+from vitkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from vitkit.models.card import CARD_NAME, model_card
 from vitkit.preprocess import Preprocess
 
 WEIGHTS_NAME = "model.safetensors"
@@ -80,7 +82,8 @@ def load_state_dict(path, sha256: str | None = None) -> dict[str, torch.Tensor]:
 
 def save_pretrained(model, path, extra: dict | None = None) -> None:
     """Write weights + ``config.json``: family, config, the model's preprocess, class names and
-    task, then ``extra`` (a ``preprocess`` dict in ``extra`` is read like a saved one)."""
+    task, then ``extra`` (a ``preprocess`` dict in ``extra`` is read like a saved one); and the
+    model card ``README.md``."""
     path = Path(path)
     extra = dict(extra or {})
     pre = Preprocess.from_dict(extra.pop("preprocess"), model.config) if "preprocess" in extra else model.preprocess
@@ -88,6 +91,7 @@ def save_pretrained(model, path, extra: dict | None = None) -> None:
             "class_names": model.class_names, "task": model.task, **extra}
     meta["weights_sha256"] = save_state_dict(model.state_dict(), path / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_json(path / CONFIG_NAME, meta)
+    atomic_write_text(path / CARD_NAME, model_card(meta, path.resolve().name))
 
 
 def read_metadata(path) -> dict:
@@ -162,11 +166,3 @@ def _kind(t: torch.Tensor) -> str:
     if t.is_floating_point() or t.is_complex():
         return "float"
     return "bool" if t.dtype == torch.bool else "int"
-
-
-def load_weights(model, path, sha256: str | None = None) -> None:
-    """Load ``path`` (dir or .safetensors; checked against ``sha256`` when given) into ``model``,
-    strictly, after ``adapt_state_dict``."""
-    state = model.adapt_state_dict(load_state_dict(path, sha256))
-    check_state_dict(model, state, str(path))
-    model.load_state_dict(state, strict=True)

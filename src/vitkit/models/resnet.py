@@ -7,6 +7,7 @@ torchvision state dict of the same depth and width loads after prefixing ``trunk
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -47,6 +48,7 @@ class ResNetConfig(ResNetTrunkConfig):
     img_size: int | tuple[int, int] = 224  # stored as (H, W)
     in_chans: int = 3
     num_classes: int = 1000
+    global_pool: Literal["avg", ""] = "avg"  # "": no pooling, the FC reads every position
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "img_size", image_size(self.img_size))
@@ -57,6 +59,21 @@ class ResNetConfig(ResNetTrunkConfig):
             raise VitkitError(f"in_chans must be >= 1, got {self.in_chans}")
         if self.num_classes < 0:
             raise VitkitError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+
+
+def replace_head(cfg, num_classes: int, global_pool: str | None):
+    """``cfg`` with another ``num_classes`` and (unless None) ``global_pool`` ("avg" or ""), checked."""
+    pool = cfg.global_pool if global_pool is None else global_pool
+    if pool not in ("avg", ""):
+        raise VitkitError(f"global_pool must be 'avg' or '' (no pooling), got {pool!r}")
+    cfg = dataclasses.replace(cfg, num_classes=num_classes, global_pool=pool)
+    cfg.validate()
+    return cfg
+
+
+def new_fc(channels: int, num_classes: int) -> nn.Module:
+    """The classifier: a freshly initialised Linear, or Identity when headless."""
+    return nn.Linear(channels, num_classes) if num_classes else nn.Identity()
 
 
 def trunk_from(cfg: ResNetTrunkConfig, in_chans: int, num_stages: int = 4) -> ResNetTrunk:
@@ -84,7 +101,7 @@ class ResNet(VitkitModel):
         self.config = config
         self.trunk = trunk_from(config, config.in_chans)
         self.num_features = self.trunk.channels[-1]
-        self.fc = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        self.fc = new_fc(self.num_features, config.num_classes)
         self.feature_info = trunk_feature_info(self.trunk, "trunk")
 
     def _stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -96,8 +113,15 @@ class ResNet(VitkitModel):
         return self._stages(x)[-1]
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, h, w) -> logits (B, K), or per position (B, K, h, w) with global_pool=""."""
+        if self.config.global_pool == "":
+            return feats if pre_logits else self.fc(feats.movedim(1, -1)).movedim(-1, 1)
         pooled = feats.mean(dim=(2, 3))  # (B, C)
         return pooled if pre_logits else self.fc(pooled)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.config = replace_head(self.config, num_classes, global_pool)
+        self.fc = new_fc(self.num_features, num_classes)
 
     def layer_id(self, name: str) -> int:
         """0 = stem, k = stage k (1..4), head = 5."""

@@ -3,9 +3,13 @@
     z0  = [x_cls; (x_dist;) x_p^1 E; ...; x_p^N E] + E_pos          (eq. 1)
     z'l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'l)) + z'l     (eqs. 2-3)
     y   = head(LN(z_L^0))  or  head(fc_norm(mean_i z_L^i))           (eq. 4)
+
+A distilled (DeiT) model's pooled features are (LN(z_L^cls) + LN(z_L^dist)) / 2, with or
+without heads, as timm's ``forward_head(pre_logits=True)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -38,7 +42,7 @@ class ViTConfig:
     qk_norm: bool = False
     init_values: float | None = None  # layer-scale init; None = off
     class_token: bool = True
-    global_pool: Literal["token", "avg"] = "token"
+    global_pool: Literal["token", "avg", ""] = "token"  # "": no pooling, the head reads every token
     fc_norm: bool | None = None  # None: LayerNorm after pooling iff global_pool == "avg"
     distilled: bool = False  # DeiT distillation token + second head
     drop_rate: float = 0.0  # dropout on the pooled features and after the pos-embedding
@@ -56,11 +60,13 @@ class ViTConfig:
     def validate(self) -> None:
         if self.embed_dim % self.num_heads:
             raise VitkitError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.global_pool not in ("token", "avg", ""):
+            raise VitkitError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise VitkitError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
         if self.distilled and not self.class_token:
             raise VitkitError("a distilled ViT needs class_token=True")
-        if self.distilled and (self.global_pool == "avg" or self.fc_norm):
+        if self.distilled and (self.global_pool != "token" or self.fc_norm):
             raise VitkitError("a distilled ViT's heads read the class and distillation tokens after the final "
                               "norm: use global_pool='token' and fc_norm=None (mean pooling / fc_norm would leave "
                               "the distillation token un-normalised)")
@@ -118,13 +124,33 @@ class VisionTransformer(VitkitModel):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(d, eps=c.norm_eps)
         self.fc_norm = nn.LayerNorm(d, eps=c.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(c.drop_rate)
-        self.head = nn.Linear(d, c.num_classes) if c.num_classes else nn.Identity()
-        self.head_dist = nn.Linear(d, c.num_classes) if c.distilled and c.num_classes else None
+        self.head, self.head_dist = self._heads(c)
         self.num_features = d
         stride = self.patch_embed.patch_size[0]
         self.feature_info = FeatureInfoList(FeatureInfo(d, stride, f"blocks.{i}") for i in range(c.depth))
         self.grad_checkpointing = c.grad_checkpointing
         self.init_weights()
+
+    def _heads(self, c: ViTConfig) -> tuple[nn.Module, nn.Module | None]:
+        """The class-token head and (distilled) the distillation head; Identity / None when headless."""
+        head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes else nn.Identity()
+        return head, (nn.Linear(c.embed_dim, c.num_classes) if c.distilled and c.num_classes else None)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New head(s) for ``num_classes`` (0: headless); ``global_pool`` "token", "avg" or ""
+        (every token) changes the pooling, None keeps it. The norms stay as they are."""
+        c = self.config
+        pool = c.global_pool if global_pool is None else global_pool
+        has_fc_norm = not isinstance(self.fc_norm, nn.Identity)
+        fc_norm = c.fc_norm if c.fc_norm is not None or (pool == "avg") == has_fc_norm else has_fc_norm
+        cfg = dataclasses.replace(c, num_classes=num_classes, global_pool=pool, fc_norm=fc_norm)
+        cfg.validate()
+        self.config = cfg
+        self.head, self.head_dist = self._heads(cfg)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
 
     def init_weights(self) -> None:
         """Truncated-normal(0.02) for tokens, pos-embedding and linear layers (as in ViT/DeiT)."""
@@ -174,19 +200,19 @@ class VisionTransformer(VitkitModel):
         return self.norm(x)  # (B, P + N or last_queries, D)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, P + N, D) -> (B, D): class token or mean of the patch tokens."""
+        """Tokens (B, P + N, D) -> (B, D): class token or mean of the patch tokens ("": all tokens)."""
         if self.config.global_pool == "avg":
             return x[:, self.num_prefix:].mean(dim=1)
-        return x[:, 0]
+        return x if self.config.global_pool == "" else x[:, 0]
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False):
         """Logits (B, classes); a distilled model averages its two heads at eval and
-        returns both as :class:`DistilledOutput` while training."""
+        returns both as :class:`DistilledOutput` while training. Headless, the pooled features."""
         x = self.head_drop(self.fc_norm(self.pool(feats)))  # (B, D)
-        if self.head_dist is None:
+        if self.dist_token is None:
             return x if pre_logits else self.head(x)
         x_dist = self.head_drop(feats[:, 1])
-        if pre_logits:
+        if pre_logits or self.head_dist is None:
             return (x + x_dist) / 2
         logits, dist_logits = self.head(x), self.head_dist(x_dist)
         if self.training:

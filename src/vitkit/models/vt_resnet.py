@@ -11,6 +11,7 @@ projector: its map would feed nothing in classification (the head reads the toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +21,15 @@ from vitkit.errors import VitkitError
 from vitkit.layers.vt import VTConfig, vt_stack
 from vitkit.models.base import FeatureInfo, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
-from vitkit.models.resnet import LAYOUTS, ResNetTrunkConfig, nest_trunk_fields, trunk_feature_info, trunk_from
+from vitkit.models.resnet import (
+    LAYOUTS,
+    ResNetTrunkConfig,
+    nest_trunk_fields,
+    new_fc,
+    replace_head,
+    trunk_feature_info,
+    trunk_from,
+)
 
 PAPER_MODULES = {18: 2, 34: 3, 50: 3, 101: 3}
 
@@ -32,6 +41,7 @@ class VTResNetConfig:
     num_classes: int = 1000
     backbone: ResNetTrunkConfig = field(default_factory=ResNetTrunkConfig)  # its stages 1-3 are used
     num_modules: int | None = None  # None = the paper's 2/3/3/3 for R18/34/50/101
+    global_pool: Literal["avg", ""] = "avg"  # "": no pooling, the FC reads every token
     vt: VTConfig = field(default_factory=VTConfig)
 
     def __post_init__(self) -> None:
@@ -67,7 +77,7 @@ class VTResNet(VitkitModel):
         n = c.num_modules or PAPER_MODULES[c.backbone.depth]
         self.vt = vt_stack(channels, c.vt, n, last_projector=False)
         self.num_features = c.vt.token_channels or channels
-        self.fc = nn.Linear(self.num_features, c.num_classes) if c.num_classes else nn.Identity()
+        self.fc = new_fc(self.num_features, c.num_classes)
         self.feature_info = trunk_feature_info(self.trunk, "trunk")
         self.feature_info.append(FeatureInfo(channels, self.trunk.reductions[-1], "vt"))  # the VT output map
 
@@ -86,8 +96,13 @@ class VTResNet(VitkitModel):
         return self.forward_vt(x)[1]
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = feats.mean(dim=1)  # (B, C_T): average over the tokens
+        """Tokens (B, L, C_T) -> logits (B, K), or per token (B, L, K) with global_pool=""."""
+        pooled = feats.mean(dim=1) if self.config.global_pool == "avg" else feats  # (B, C_T): token average
         return pooled if pre_logits else self.fc(pooled)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.config = replace_head(self.config, num_classes, global_pool)
+        self.fc = new_fc(self.num_features, num_classes)
 
     def layer_id(self, name: str) -> int:
         """0 = stem, 1..3 = ResNet stages, then one per VT module, head last."""
