@@ -137,9 +137,11 @@ def test_corrupt_truncated_and_mismatched_weights(tmp_path):
         "head (5 -> 3 classes)"]  # another class count is adapted (a new head), not an error
     weights = tmp_path / "ok" / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VitkitError, match="corrupt or (truncated|altered)"):
+    weights.write_bytes(data[: len(data) // 2])  # config.json records the SHA-256: caught before parsing
+    with pytest.raises(VitkitError, match="do not match the SHA-256 .*corrupt or altered"):
         vitkit.create_model("vit_test", pretrained=tmp_path / "ok")
+    with pytest.raises(VitkitError, match="corrupt or truncated"):  # a bare file: the safetensors header
+        vitkit.create_model("vit_test", pretrained=weights)
     weights.write_bytes(b"\x00" * 64)
     with pytest.raises(VitkitError, match="corrupt or (truncated|altered)"):
         vitkit.create_model(str(tmp_path / "ok"))
