@@ -31,6 +31,7 @@ from vitkit.data.fashion_mnist import load_split  # noqa: E402
 from vitkit.engine.finetune import set_trainable  # noqa: E402
 from vitkit.engine.optim import build_optimizer, warmup_cosine  # noqa: E402
 from vitkit.engine.run_config import OptimConfig  # noqa: E402
+from vitkit.models.adapt import adapt_weights  # noqa: E402
 
 ARCH = dict(img_size=28, in_chans=1, patch_size=7, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
             class_token=False, global_pool="avg")
@@ -39,34 +40,11 @@ DIGITS_SIZE = 35  # 8x8 digits upsampled: a 5x5 grid of 7x7 patches (pre-trained
 METHODS = (("scratch", "full"), ("scratch", "linear"), ("pretrained", "linear"), ("pretrained", "full"))
 
 
-def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """(O, I, k, k) -> (O, in_chans, k, k): summed for one channel, else repeated and scaled by I / in_chans."""
-    saved = weight.shape[1]
-    if in_chans == saved:
-        return weight
-    if in_chans == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = -(-in_chans // saved)
-    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (saved / in_chans)
-
-
 def load_adapted(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
     """Pre-trained backbone weights into ``model`` (other classes, channels, image size); one report line."""
-    try:  # the library's adaptation when present
-        from vitkit.models.adapt import adapt_weights
-    except ImportError:
-        adapt_weights = None
-    if adapt_weights is not None:
-        state, report = adapt_weights(model, state)
-        model.load_state_dict(state)
-        return report.line("pre-training")
-    own = model.state_dict()
-    state = model.adapt_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})  # E_pos
-    conv = "patch_embed.proj.weight"
-    state[conv] = adapt_input_conv(state[conv], own[conv].shape[1])
-    state.update({k: v for k, v in own.items() if k.startswith("head.")})  # the model's fresh head
+    state, report = adapt_weights(model, state)
     model.load_state_dict(state)
-    return "weights from pre-training: head re-initialised, E_pos resampled, first conv adapted"
+    return report.line("pre-training")
 
 
 def fmnist_task(data_dir, classes, split):

@@ -63,12 +63,21 @@ def _classes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
     return 0 if weight is None else int(weight.shape[0])
 
 
+def _other_classes(saved: dict, mine: dict, prefix: str) -> bool:
+    """The saved head and the model's differ in their class count and nothing else (or one is absent)."""
+    if not saved or not mine:
+        return bool(saved or mine)
+    ws, wm = saved.get(f"{prefix}.weight"), mine.get(f"{prefix}.weight")
+    return ws is not None and wm is not None and ws.shape[0] != wm.shape[0] and ws.shape[1:] == wm.shape[1:]
+
+
 def _adapt_heads(model, state: dict, own: dict, report: Adaptation) -> dict:
-    """Saved classifier tensors that do not fit the model's head(s) -> the model's own (fresh) ones."""
+    """A saved classifier for another number of classes (or none) -> the model's own (fresh) head.
+    A damaged head (a tensor missing, another width) is left to the strict check."""
     for prefix in model.classifier:
         saved = {k: v for k, v in state.items() if k.startswith(f"{prefix}.")}
         mine = {k: v for k, v in own.items() if k.startswith(f"{prefix}.")}
-        if saved.keys() == mine.keys() and all(saved[k].shape == mine[k].shape for k in mine):
+        if not _other_classes(saved, mine, prefix):
             continue
         state = {**{k: v for k, v in state.items() if k not in saved}, **mine}
         old, new = _classes(saved, prefix), _classes(mine, prefix)
