@@ -15,23 +15,11 @@ import vitkit
 from vitkit.convert import convert_hf_state_dict, convert_timm_state_dict, from_hf, from_timm, timm_config
 from vitkit.errors import VitkitError
 from vitkit.models.vit import DistilledOutput
+from weights_util import randomize
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=7)
 
 
-def _randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Move every weight away from its init (LN=1/0, zero-init BN, tiny cls token) so a
-    swapped or dropped tensor shows up in the outputs."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _images(n: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
@@ -41,7 +29,7 @@ def _images(n: int = 2, size: int = 32, chans: int = 3) -> torch.Tensor:
 
 def _timm(cls=TimmViT, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _randomize(cls(**{**SMALL, **kw}))
+    return randomize(cls(**{**SMALL, **kw}))
 
 
 @torch.no_grad()
@@ -198,7 +186,7 @@ def _hf_config(**kw) -> transformers.ViTConfig:
 
 def _hf(cls, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _randomize(cls(_hf_config(**kw)))
+    return randomize(cls(_hf_config(**kw)))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(qkv_bias=False, num_channels=1, layer_norm_eps=1e-6)],

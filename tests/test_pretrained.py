@@ -21,29 +21,18 @@ from vitkit.errors import VitkitError
 from vitkit.layers import resample_pos_embed
 from vitkit.models.adapt import adapt_input_conv
 from vitkit.preprocess import Preprocess
+from weights_util import randomize
 
 # timm's ViT with exactly the architecture of vitkit's "vit_test" preset
 VIT_TEST = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, mlp_ratio=2.0)
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32 summation order differs between the two implementations
 
 
-def _randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Move every weight away from its init so a dropped or swapped tensor shows in the outputs."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _timm(name="vit_tiny_patch16_224", **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _randomize(timm.create_model(name, pretrained=False, **{**VIT_TEST, **kw}))
+    return randomize(timm.create_model(name, pretrained=False, **{**VIT_TEST, **kw}))
 
 
 def _x(chans=3, size=16, n=2) -> torch.Tensor:
@@ -117,7 +106,7 @@ def test_timm_folder_of_an_architecture_vitkit_lacks_is_read_by_timm(tmp_path):
 
 
 def test_timm_resnet_folder(tmp_path):
-    ref = _randomize(timm.create_model("resnet18", pretrained=False, num_classes=4))
+    ref = randomize(timm.create_model("resnet18", pretrained=False, num_classes=4))
     save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
     model = vitkit.create_model(tmp_path / "hub").eval()
     assert type(model).__name__ == "ResNet" and model.preprocess.crop_pct == ref.pretrained_cfg["crop_pct"]
@@ -131,7 +120,7 @@ def _hf_folder(path, classifier=True, processor=None):
                                  image_size=16, patch_size=4, id2label={i: f"c{i}" for i in range(5)})
     torch.manual_seed(0)
     cls = transformers.ViTForImageClassification if classifier else transformers.ViTModel
-    ref = _randomize(cls(cfg))
+    ref = randomize(cls(cfg))
     ref.save_pretrained(path)
     if processor is not None:
         transformers.ViTImageProcessor(**processor).save_pretrained(path)
@@ -287,7 +276,7 @@ def test_reset_classifier_on_every_classifier(tmp_path, name):
 
 @pytest.mark.parametrize("name, kw", [("vit_tiny_patch16_224", {}), ("resnet18", dict(num_classes=4))])
 def test_unpooled_features_match_timm(tmp_path, name, kw):
-    ref = _timm(name, **kw) if name.startswith("vit") else _randomize(timm.create_model(name, **kw))
+    ref = _timm(name, **kw) if name.startswith("vit") else randomize(timm.create_model(name, **kw))
     save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
     model = vitkit.create_model(tmp_path / "hub").eval()
     model.reset_classifier(0, "")
