@@ -13,7 +13,6 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import vitkit
 from vitkit.errors import VitkitError
-from vitkit.layers import to_2tuple
 from vitkit.models.features import FeatureExtractor
 from vitkit.registry import get_entry
 
@@ -38,7 +37,7 @@ def _build(name: str, seed: int = 0, **kw):
 
 
 def _x(model, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, model.config.in_chans, *to_2tuple(model.config.img_size))
+    return torch.randn(batch, model.config.in_chans, *model.config.img_size)
 
 
 def _dense(name: str) -> bool:
@@ -186,7 +185,7 @@ def test_features_only(name):
     with torch.no_grad():
         maps = extractor(x)
     assert isinstance(maps, list) and len(maps) == len(full) == len(extractor.feature_info)
-    h, w = to_2tuple(model.config.img_size)
+    h, w = model.config.img_size
     for fmap, ref, info in zip(maps, full, extractor.feature_info, strict=True):
         _same(fmap, ref)
         assert fmap.shape == (2, info.channels, -(-h // info.reduction), -(-w // info.reduction))

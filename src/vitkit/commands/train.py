@@ -69,13 +69,11 @@ def _sized_like(cfg, saved):
     from the ``saved`` run where this command left them at the preset's values, as training does."""
     import dataclasses
 
-    from vitkit.registry import get_config
+    from vitkit.engine.trainer import fields_set_by_data
 
     if cfg.model_name != saved.model_name:
         return cfg
-    preset = get_config(cfg.model_name)
-    sizes = {key: getattr(saved.model, key) for key in ("num_classes", "in_chans", "img_size")
-             if getattr(cfg.model, key) == getattr(preset, key)}
+    sizes = {key: getattr(saved.model, key) for key in fields_set_by_data(cfg)}
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **sizes))
 
 

@@ -127,14 +127,23 @@ def resolve_data_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, img_size=cfg.model.img_size[0]))
 
 
+DATA_SIZED = ("num_classes", "in_chans", "img_size")  # model fields that follow the data
+
+
+def fields_set_by_data(cfg: RunConfig) -> list[str]:
+    """The :data:`DATA_SIZED` fields the run leaves to the data: those still at the preset's value."""
+    preset = get_config(cfg.model_name)
+    return [k for k in DATA_SIZED if getattr(cfg.model, k) == getattr(preset, k)]
+
+
 def model_config_for(cfg: RunConfig, bundle: DataBundle):
     """The run's model config sized for the data (classes, channels, image size); a size the
     run changed from its preset must agree with the data."""
-    preset = get_config(cfg.model_name)
     sizes = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, "img_size": image_size(bundle.img_size)}
+    free = fields_set_by_data(cfg)
     for key, value in sizes.items():
         given = getattr(cfg.model, key)
-        if given != value and given != getattr(preset, key):
+        if given != value and key not in free:
             shown = given[0] if key == "img_size" and given[0] == given[1] else given
             raise VitkitError(f"model.{key}={shown} does not match the data ({key}={getattr(bundle, key)}); "
                               "drop the override or change the data (e.g. data.img_size)")
