@@ -10,9 +10,11 @@ import torch
 import torch.fx
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import vitkit
 from vitkit.errors import VitkitError
+from vitkit.layers import DropPath
 from vitkit.models.features import FeatureExtractor
 from vitkit.registry import get_entry
 
@@ -209,6 +211,8 @@ def test_features_only_loads_the_weights_before_pruning(tmp_path):
         _same(extractor(x)[0], model.forward_intermediates(x, [0], intermediates_only=True)[0])
         _same(normed(x)[0], model.forward_features(x)[:, 1:])  # the last block's normalised patch tokens
     assert len(extractor.model.blocks) == 1 and isinstance(extractor.model.head, nn.Identity)
+    extractor.set_grad_checkpointing(True)  # a backbone trained through the extractor
+    assert extractor.model.grad_checkpointing
     with pytest.raises(VitkitError, match="features_only=True"):
         vitkit.create_model("vit_test", out_indices=(0,))
 
@@ -283,3 +287,53 @@ def test_torch_export(name):
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         _same(program.module()(x), model(x))
+
+
+def _drop_path_key(cfg) -> str:
+    """Where a config keeps its stochastic-depth rate: at the top, or in its ``backbone`` config."""
+    return "drop_path_rate" if hasattr(cfg, "drop_path_rate") else "backbone.drop_path_rate"
+
+
+def _drop_path_rates(model) -> list[float]:
+    """The DropPath probabilities inside the feature_info layers, in module order."""
+    roots = tuple(f"{m}." for m in model.feature_info.module_name())
+    return [m.p for n, m in model.named_modules() if n.startswith(roots) and isinstance(m, DropPath)]
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_drop_path_rate_ramps_linearly_and_acts_only_in_training(name):
+    key = _drop_path_key(vitkit.get_config(name))
+    plain, dropped = _build(name), _build(name, **{key: 0.9})
+    rates = _drop_path_rates(dropped)
+    assert rates[0] == 0 and rates == sorted(rates)
+    vt = getattr(dropped, "vt", None)  # a VT module without transformer and projector has no residual branch
+    if vt is None or vt[-1].transformer is not None or vt[-1].projector is not None:
+        assert rates[-1] == pytest.approx(0.9)  # the deepest residual unit gets the full rate
+    steps = torch.diff(torch.tensor(sorted(set(rates)), dtype=torch.float64))
+    torch.testing.assert_close(steps, torch.full_like(steps, steps[0].item()))  # a linear ramp
+    assert set(_drop_path_rates(plain)) == {0.0}
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    x = _x(plain)
+    with torch.no_grad():
+        _same(dropped.eval()(x), plain.eval()(x))  # same weights; no dropping at eval
+        torch.manual_seed(0)
+        a = plain.train()(x)
+        torch.manual_seed(0)
+        b = dropped.train()(x)
+    a, b = (o[0] if isinstance(o, tuple) else o for o in (a, b))
+    assert not torch.equal(a, b), "with drop_path_rate=0.9 some residual branches are dropped in training"
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_blocks_without_drop_path_are_torchvisions_bit_for_bit(depth):
+    model = _build(f"resnet{depth}" if depth == 50 else "resnet_test", base_width=8).train()
+    x = torch.randn(2, 3, 32, 32)
+    stem = model.trunk.stem(x)
+    for block in model.trunk.layer1:
+        parent = type(block).__mro__[1]  # torchvision's BasicBlock / Bottleneck
+        assert parent in (BasicBlock, Bottleneck)
+        torch.manual_seed(0)
+        ours = block(stem)
+        torch.manual_seed(0)
+        _same(ours, parent.forward(block, stem))
+        stem = ours

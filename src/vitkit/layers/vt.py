@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.layers.block import DropPath
 from vitkit.layers.helpers import maybe_checkpoint
 
 torch.fx.wrap("rearrange")  # einops needs real tensors; traced as one call
@@ -198,11 +200,12 @@ class TokenTransformer(_Capture):
     form "iccv": T' = T_in + softmax_L((T K)(T Q)^T) T_in, T_out = T' + ReLU(T' F1) F2.
 
     softmax_L runs over the last axis (the attended token). With several heads, K, Q and
-    the values are split along channels, attended per head and concatenated.
+    the values are split along channels, attended per head and concatenated. ``drop_path``:
+    stochastic depth on each residual branch (identity at 0, the default, and at eval).
     """
 
     def __init__(self, channels: int, form: Literal["seed", "iccv"] = "iccv", num_heads: int = 1,
-                 qk_ratio: float = 0.5, ffn_ratio: float = 1.0):
+                 qk_ratio: float = 0.5, ffn_ratio: float = 1.0, drop_path: float = 0.0):
         super().__init__()
         d = qk_dim(channels, qk_ratio)
         if channels % num_heads or d % num_heads:
@@ -210,6 +213,7 @@ class TokenTransformer(_Capture):
         if form not in ("seed", "iccv"):
             raise VitkitError(f"unknown transformer form '{form}'; use 'seed' or 'iccv'")
         self.form, self.num_heads = form, num_heads
+        self.drop_path = DropPath(drop_path)
         self.k = nn.Linear(channels, d, bias=False)
         self.q = nn.Linear(channels, d, bias=False)
         if form == "seed":
@@ -229,17 +233,19 @@ class TokenTransformer(_Capture):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if self.form == "seed":
-            return t + self.f(self.attend(t, self.v(t)))
-        t1 = t + self.attend(t, t)  # (B, L, C)
-        return t1 + self.f2(F.relu(self.f1(t1)))
+            return t + self.drop_path(self.f(self.attend(t, self.v(t))))
+        t1 = t + self.drop_path(self.attend(t, t))  # (B, L, C)
+        return t1 + self.drop_path(self.f2(F.relu(self.f1(t1))))
 
 
 class Projector(_Capture):
-    """Projector (§3): X_out = X_in + softmax_L((X_in W_Q)(T W_K)^T) T  (T W_V in the early version)."""
+    """Projector (§3): X_out = X_in + softmax_L((X_in W_Q)(T W_K)^T) T  (T W_V in the early version);
+    ``drop_path``: stochastic depth on the residual branch."""
 
     def __init__(self, channels: int, token_channels: int | None = None, qk_ratio: float = 0.5,
-                 value: bool = False):
+                 value: bool = False, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         ct = token_channels or channels
         d = qk_dim(ct, qk_ratio)
         self.channels = channels
@@ -251,13 +257,14 @@ class Projector(_Capture):
         check_features(x, self.channels, type(self).__name__)
         attn = torch.einsum("bnd,bld->bnl", self.w_q(x), self.w_k(tokens)).softmax(dim=-1)  # (B, HW, L)
         self._keep(attn)
-        return x + attn @ self.w_v(tokens)  # (B, HW, C)
+        return x + self.drop_path(attn @ self.w_v(tokens))  # (B, HW, C)
 
 
 class VTModule(nn.Module):
-    """One VT module (§3): tokenizer (+ position encoding) + transformer + projector, on NCHW maps."""
+    """One VT module (§3): tokenizer (+ position encoding) + transformer + projector, on NCHW maps.
+    ``drop_path``: stochastic depth on the transformer's and the projector's residual branches."""
 
-    def __init__(self, channels: int, cfg: VTConfig, first: bool = True):
+    def __init__(self, channels: int, cfg: VTConfig, first: bool = True, drop_path: float = 0.0):
         super().__init__()
         cfg.validate(channels)
         ct = cfg.token_channels or channels
@@ -270,9 +277,10 @@ class VTModule(nn.Module):
         else:
             self.tokenizer = RecurrentTokenizer(channels, ct, cfg.tokenizer_value)
         self.pos = TokenPositionEncoding(ct, cfg.pos_channels, cfg.pos_grid) if cfg.pos_encoding else None
-        self.transformer = (TokenTransformer(ct, cfg.transformer, cfg.num_heads, cfg.qk_ratio, cfg.ffn_ratio)
-                            if cfg.transformer != "none" else None)
-        self.projector = Projector(channels, ct, cfg.qk_ratio, cfg.projector_value) if cfg.projector else None
+        self.transformer = (TokenTransformer(ct, cfg.transformer, cfg.num_heads, cfg.qk_ratio, cfg.ffn_ratio,
+                                             drop_path) if cfg.transformer != "none" else None)
+        self.projector = (Projector(channels, ct, cfg.qk_ratio, cfg.projector_value, drop_path)
+                          if cfg.projector else None)
 
     def tokenize(self, x: torch.Tensor, size: tuple[int, int], tokens: torch.Tensor | None = None) -> torch.Tensor:
         """X (B, HW, C) -> T (B, L, C_T), position-encoded if configured."""
@@ -321,10 +329,13 @@ class VTStack(nn.ModuleList):
         return self.states(x, tokens)[-1]
 
 
-def vt_stack(channels: int, cfg: VTConfig, num_modules: int, last_projector: bool = True) -> VTStack:
-    """``num_modules`` VT modules: the first uses ``cfg.tokenizer``, the rest are recurrent."""
+def vt_stack(channels: int, cfg: VTConfig, num_modules: int, last_projector: bool = True,
+             drop_path: Sequence[float] = ()) -> VTStack:
+    """``num_modules`` VT modules: the first uses ``cfg.tokenizer``, the rest are recurrent.
+    ``drop_path``: one stochastic-depth rate per module (default: none dropped)."""
     if num_modules < 1:
         raise VitkitError(f"a VT stack needs at least one module, got {num_modules}")
-    mods = [VTModule(channels, cfg, first=i == 0) for i in range(num_modules - 1)]
+    rates = list(drop_path) or [0.0] * num_modules
     last_cfg = cfg if last_projector else dataclasses.replace(cfg, projector=False)
-    return VTStack(mods + [VTModule(channels, last_cfg, first=num_modules == 1)])
+    return VTStack(VTModule(channels, last_cfg if i == num_modules - 1 else cfg, first=i == 0, drop_path=rates[i])
+                   for i in range(num_modules))

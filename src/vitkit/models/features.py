@@ -44,6 +44,9 @@ class FeatureExtractor(nn.Module):
     def config(self):
         return self.model.config
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.model.forward_intermediates(x, self.out_indices, norm=self.norm, output_fmt=self.output_fmt,
                                                 intermediates_only=True)

@@ -16,7 +16,8 @@ from torch import nn
 
 from vitkit.config import image_size, nest_fields
 from vitkit.errors import VitkitError
-from vitkit.layers.resnet import LAYOUTS, ResNetTrunk
+from vitkit.layers.helpers import drop_path_ramp
+from vitkit.layers.resnet import LAYOUTS, ResNetTrunk, num_blocks
 from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
 
@@ -28,6 +29,7 @@ class ResNetTrunkConfig:
     depth: Literal[18, 34, 50, 101] = 18
     base_width: int = 64  # stage widths: base, 2 base, 4 base, 8 base (x4 for bottlenecks)
     small_stem: bool = False  # 3x3 stride-1 stem without max-pool (28-32 px images)
+    drop_path_rate: float = 0.0  # stochastic depth of the model's deepest residual unit (linear ramp from 0)
 
     def validate(self) -> None:
         if self.depth not in LAYOUTS:
@@ -76,9 +78,13 @@ def new_fc(channels: int, num_classes: int) -> nn.Module:
     return nn.Linear(channels, num_classes) if num_classes else nn.Identity()
 
 
-def trunk_from(cfg: ResNetTrunkConfig, in_chans: int, num_stages: int = 4) -> ResNetTrunk:
-    """The trunk a trunk config describes, for ``in_chans`` input channels."""
-    return ResNetTrunk(cfg.depth, in_chans, cfg.base_width, cfg.small_stem, num_stages)
+def trunk_from(cfg: ResNetTrunkConfig, in_chans: int, num_stages: int = 4, extra_units: int = 0) -> ResNetTrunk:
+    """The trunk a trunk config describes, for ``in_chans`` input channels. Its blocks take the
+    first rates of the stochastic-depth ramp over its residual blocks and ``extra_units`` more
+    residual units that follow it in the model (the rest of the ramp is theirs)."""
+    blocks = num_blocks(cfg.depth, num_stages)
+    rates = drop_path_ramp(cfg.drop_path_rate, blocks + extra_units)[:blocks]
+    return ResNetTrunk(cfg.depth, in_chans, cfg.base_width, cfg.small_stem, num_stages, rates)
 
 
 def trunk_feature_info(trunk: ResNetTrunk, prefix: str) -> FeatureInfoList:

@@ -281,6 +281,7 @@ class ViTSeg(_DenseModel):
                                   nn.ReLU(inplace=True), nn.Conv2d(d, c.num_classes, 1))
         self.num_features = d
         self.feature_info = self._prefixed(self.backbone.feature_info)
+        self.grad_checkpointing = self.backbone.grad_checkpointing  # backbone.grad_checkpointing in the config
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's set (tokens, E_pos, norms, biases) and the decoder's biases and BN scales."""

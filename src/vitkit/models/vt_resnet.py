@@ -7,6 +7,8 @@ VT modules operating on the stage-4 input (the stage-3 output, 14x14 x 256 for R
 
 ``forward_features`` returns the output tokens T (B, L, C_T). The last module has no
 projector: its map would feed nothing in classification (the head reads the tokens).
+Stochastic depth (``backbone.drop_path_rate``) ramps linearly over the trunk's residual blocks,
+then the VT modules (their transformer and projector branches), which take the top of the ramp.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from torch import nn
 
 from vitkit.config import image_size
 from vitkit.errors import VitkitError
+from vitkit.layers.helpers import drop_path_ramp
+from vitkit.layers.resnet import num_blocks
 from vitkit.layers.vt import VTConfig, vt_stack
 from vitkit.models.base import FeatureInfo, Indices, VitkitModel, stage_outputs
 from vitkit.models.catalog import register_family, register_presets
@@ -71,11 +75,12 @@ class VTResNet(VitkitModel):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.trunk = trunk_from(c.backbone, c.in_chans, num_stages=3)
+        n = c.num_modules or PAPER_MODULES[c.backbone.depth]
+        self.trunk = trunk_from(c.backbone, c.in_chans, num_stages=3, extra_units=n)
         channels = self.trunk.channels[-1]
         c.vt.validate(channels)
-        n = c.num_modules or PAPER_MODULES[c.backbone.depth]
-        self.vt = vt_stack(channels, c.vt, n, last_projector=False)
+        rates = drop_path_ramp(c.backbone.drop_path_rate, num_blocks(c.backbone.depth, 3) + n)[-n:]
+        self.vt = vt_stack(channels, c.vt, n, last_projector=False, drop_path=rates)
         self.num_features = c.vt.token_channels or channels
         self.fc = new_fc(self.num_features, c.num_classes)
         self.feature_info = trunk_feature_info(self.trunk, "trunk")
