@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from vitkit.errors import VitkitError
+
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """The model's own declaration (``no_weight_decay()``), else every parameter with ndim <= 1."""
@@ -46,10 +48,37 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     return list(groups.values())
 
 
+IMPL_KWARGS = {"auto": {}, "fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+
+
+def impl_kwargs(impl: str) -> dict:
+    """The keyword arguments of a torch optimizer choosing its update kernel: ``fused`` (one kernel
+    for all parameters), ``foreach`` (batched tensor ops), ``for-loop`` (one parameter at a time),
+    ``auto`` (torch's default for the device)."""
+    if impl not in IMPL_KWARGS:
+        raise VitkitError(f"unknown optimizer implementation '{impl}'; choose one of {', '.join(IMPL_KWARGS)}")
+    return dict(IMPL_KWARGS[impl])
+
+
+def make_optimizer(cls, params, impl: str = "auto", **kwargs) -> torch.optim.Optimizer:
+    """``cls(params, **kwargs)`` with the ``impl`` kernel; one the parameters' device or dtype does
+    not support is a VitkitError."""
+    try:
+        return cls(params, **kwargs, **impl_kwargs(impl))
+    except (RuntimeError, ValueError) as exc:
+        if impl == "auto":
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VitkitError(f"{cls.__name__} impl '{impl}' cannot run here ({first}); "
+                          "choose another implementation (auto, foreach or for-loop)") from None
+
+
 def build_optimizer(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter, 2019), optionally with layer-wise lr decay (``optim.layer_decay``)."""
+    """AdamW (Loshchilov & Hutter, 2019), optionally with layer-wise lr decay (``optim.layer_decay``);
+    ``optim.impl`` picks the kernel (the same update in every case)."""
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.lr, optim_cfg.layer_decay)
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    return make_optimizer(torch.optim.AdamW, groups, optim_cfg.impl, lr=optim_cfg.lr,
+                          betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -23,6 +23,7 @@ from vitkit.checks import (
     UNIT_OPEN,
     check_config,
     each,
+    one_of,
     optional,
 )
 from vitkit.config import apply_overrides, from_dict, to_dict
@@ -33,6 +34,7 @@ from vitkit.io import atomic_write_json
 from vitkit.registry import get_config, get_entry
 
 CONFIG_FILE = "config.json"
+OPTIM_IMPLS = ("auto", "fused", "foreach", "for-loop")
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float | None = None  # layer-wise lr decay: lr * decay^(L - layer_id); None = off
+    impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"  # the update kernel; auto = torch's choice
 
     checks: ClassVar[dict] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": each(UNIT_OPEN, length=2),
-                              "eps": POSITIVE}
+                              "eps": POSITIVE, "impl": one_of(*OPTIM_IMPLS)}
 
 
 @dataclass(frozen=True)
