@@ -225,6 +225,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def max_over_ranks(value: float, info: DistInfo) -> float:
+    """The largest of every process's ``value``: a host-side collective over gloo (no device sync)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control)
+    return float(t.item())
+
+
 def gathered_copy(model: nn.Module, info: DistInfo) -> nn.Module | None:
     """A plain CPU copy of a sharded model on rank 0 (a collective: every process calls it;
     the others get None). Built on the meta device, then given the gathered weights."""

@@ -78,6 +78,7 @@ class EpochStats:
     seconds: float = 0.0
     batches_done: int = 0
     interrupted: bool = False
+    budget_spent: bool = False  # the run's time budget ran out (at the end of this epoch or in it)
 
     @property
     def loss(self) -> float:
@@ -161,6 +162,7 @@ def _optimizer_step(run) -> None:
     run.scaler.step(run.optimizer)  # fp16: skipped when a gradient overflowed
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    run.clock.tick(run.info)  # before the scheduler: a time-budget schedule reads it
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(unwrap(run.model))
@@ -201,6 +203,7 @@ def train_one_epoch(run, loader, epoch: int, start_batch: int, stop: StopFlag) -
     bar = tqdm(loader, total=total, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not (cfg.progress and info.is_main), leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
+    run.clock.start()
     for images, target in bar:
         images, target = _to_model_input(run, images, target)
         i = stats.batches_done
@@ -214,6 +217,9 @@ def train_one_epoch(run, loader, epoch: int, start_batch: int, stop: StopFlag) -
         stats.seconds = time.perf_counter() - t0
         if step_now and run.global_step % cfg.log_every == 0:
             _refresh(run, stats, sums, epoch, stats.batches_done - start_batch, bar)
+        if step_now and run.clock.spent:  # the same step on every process (the clock is agreed)
+            stats.budget_spent = True
+            break
         if step_now and stats.batches_done < total and any_rank(stop.requested, info):
             stats.interrupted = True
             break

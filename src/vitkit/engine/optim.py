@@ -89,12 +89,27 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, sched_cfg, steps_per_epoch: int, epochs: int):
+def warmup_cosine_progress(progress: float, warmup: float, min_ratio: float) -> float:
+    """lr factor at ``progress`` in [0, 1] of the run: linear warm-up from 0 over the first ``warmup``
+    fraction, then cosine to ``min_ratio`` (the time-budget form of :func:`warmup_cosine`)."""
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    rest = min(1.0, (progress - warmup) / (1 - warmup)) if warmup < 1 else 1.0
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * rest))
+
+
+def build_scheduler(optimizer, sched_cfg, steps_per_epoch: int, epochs: int, clock=None):
+    """Per optimizer step: warm-up then cosine over ``epochs``; with ``sched_cfg.time_budget_s``,
+    over ``clock``'s training time instead, the warm-up taking the same fraction of the budget as
+    its steps take of ``epochs``."""
     total = max(1, steps_per_epoch * epochs)
     warmup = sched_cfg.warmup_steps
     if warmup is None:
         warmup = int(round(sched_cfg.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, total)
+    if sched_cfg.time_budget_s is not None:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine_progress(clock.progress, warmup / total, sched_cfg.min_lr_ratio))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup, total, sched_cfg.min_lr_ratio))
 

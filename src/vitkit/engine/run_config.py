@@ -54,14 +54,16 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` (per optimizer step)."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` (per optimizer step); with
+    ``time_budget_s``, over training wall-clock time, and training stops when it is spent."""
 
     warmup_epochs: float = 1.0
     warmup_steps: int | None = None  # overrides warmup_epochs when set
     min_lr_ratio: float = 0.01
+    time_budget_s: float | None = None  # seconds of training; None = the schedule follows steps
 
     checks: ClassVar[dict] = {"warmup_epochs": NON_NEGATIVE, "warmup_steps": optional(NON_NEGATIVE_INT),
-                              "min_lr_ratio": UNIT}
+                              "min_lr_ratio": UNIT, "time_budget_s": optional(POSITIVE)}
 
 
 @dataclass(frozen=True)

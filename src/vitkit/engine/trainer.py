@@ -24,6 +24,7 @@ from vitkit.config import image_size
 from vitkit.data import DataBundle, build_data
 from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from vitkit.engine.clock import TrainClock
 from vitkit.engine.device import device_rng_state, grad_scaler, set_determinism, set_device_rng_state
 from vitkit.engine.evaluate import eval_loader, evaluate, headline
 from vitkit.engine.finetune import set_trainable
@@ -67,6 +68,7 @@ class Run:
     loss_fn: Any
     scaler: torch.amp.GradScaler  # fp16 loss scaling (a pass-through otherwise)
     logger: RunLogger
+    clock: TrainClock = field(default_factory=TrainClock)  # training time (and the time budget)
     global_step: int = 0
     history: list = field(default_factory=list)
     validated_last: bool = False  # the last epoch's validation ran (on every rank's say-so)
@@ -201,13 +203,14 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
                          cfg.distill)
     wrapped = D.wrap_model(model, info, cfg.parallel, cfg.precision, cfg.fsdp_mixed_precision)
     optimizer = build_optimizer(model, cfg.optim)  # after wrapping: FSDP replaces the parameters by shards
-    scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.epochs)
+    clock = TrainClock(cfg.schedule.time_budget_s)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps, cfg.epochs, clock)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     logger = RunLogger(run_dir, cfg.tensorboard, enabled=info.is_main)
     cfg = dataclasses.replace(cfg, model=model.config)  # what is saved: the model as built
     return Run(cfg, run_dir, info, bundle, wrapped, optimizer, scheduler, ema, loss_fn,
-               grad_scaler(cfg.precision, info.device), logger)
+               grad_scaler(cfg.precision, info.device), logger, clock)
 
 
 def publish_model(run: Run) -> None:
@@ -228,7 +231,7 @@ def save_state(run: Run, epoch: int, batch_in_epoch: int, partial: dict | None =
     ``partial``: the stopped epoch's running sums, so that its log row is whole after a resume."""
     publish_model(run)
     state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": run.global_step,
-             "scheduler": run.scheduler.state_dict(), "rng": rng_state(run.info.device),
+             "elapsed_s": run.clock.elapsed, "scheduler": run.scheduler.state_dict(), "rng": rng_state(run.info.device),
              "history": json.dumps(run.history)}
     if partial is not None:
         state["partial_epoch"] = partial
@@ -244,6 +247,7 @@ def restore(run: Run) -> tuple[int, int, dict | None]:
     if "scaler" in state and run.scaler.is_enabled():
         run.scaler.load_state_dict(state["scaler"])
     run.global_step = int(state["global_step"])
+    run.clock.elapsed = float(state.get("elapsed_s", 0.0))  # a time budget continues where it stopped
     run.history = json.loads(state["history"])
     epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
     run.partial = state.get("partial_epoch") if batch else None
@@ -277,6 +281,12 @@ def print_epoch(run: Run, row: dict) -> None:
           f"  {row['img_per_s']:.0f} img/s  {row['seconds']:.1f}s", flush=True)
 
 
+def print_budget_spent(run: Run, epoch: int, batch: int) -> None:
+    if run.info.is_main:
+        print(f"time budget of {run.cfg.schedule.time_budget_s:g}s spent ({run.clock.elapsed:.1f}s of training) "
+              f"at epoch {epoch + 1}, batch {batch}, step {run.global_step}", flush=True)
+
+
 def stopped(run: Run, stop: StopFlag, where: str) -> Interrupted:
     """The exception that ends a run stopped by a signal (after its checkpoint was saved)."""
     preempted = D.any_rank(stop.preempted, run.info)
@@ -291,6 +301,8 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
     metrics = None
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if run.clock.spent:  # resumed after the time budget ran out: nothing left to train
+                break
             seed_everything(epoch_seed(cfg.seed, epoch, run.info.rank))
             sampler.set_epoch(epoch)
             if start_batch and epoch == start_epoch:
@@ -302,13 +314,16 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
             if stats.interrupted:
                 save_state(run, epoch, stats.batches_done, partial=stats.sums())
                 raise stopped(run, stop, f"epoch {epoch + 1}, batch {stats.batches_done}")
-            last = epoch + 1 == cfg.epochs
+            last = epoch + 1 == cfg.epochs or stats.budget_spent
             metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
             run.validated_last = last
             run.history.append(epoch_row(run, epoch, stats, metrics))
             run.logger.log_epoch(run.history)
             print_epoch(run, run.history[-1])
             save_state(run, epoch + 1, 0)
+            if stats.budget_spent:
+                print_budget_spent(run, epoch, stats.batches_done)
+                break
     finally:
         stop.uninstall()
     return metrics
