@@ -2,6 +2,7 @@
 bit-exactly and its sharded checkpoint exports to a plain ``save_pretrained`` dir."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -14,9 +15,10 @@ from torch.utils.data import TensorDataset
 
 from vitkit import create_model
 from vitkit.cli import main
+from vitkit.engine import clock, trainer
 from vitkit.engine import distributed as D
-from vitkit.engine import trainer
 from vitkit.engine.evaluate import eval_loader, evaluate
+from vitkit.engine.logging import RunLogger
 from vitkit.engine.run_config import RunConfig, resolve
 
 WORLD = 2
@@ -28,12 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _join(rank: int, port: int) -> None:
-    """Join a 2-process gloo group (kept for all the runs this process makes)."""
+def _join(rank: int, port: int, timeout_s: float | None = None) -> None:
+    """Join a 2-process gloo group (kept for all the runs this process makes); ``timeout_s``: a
+    collective that waits longer fails instead of hanging."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    torch.distributed.init_process_group("gloo", **timeout)
 
 
 def _eval_cases():
@@ -144,6 +148,34 @@ def test_fsdp_two_processes_resume_exactly_and_export(tmp_path):
         assert torch.equal(a[key], c[key]), key
     meta = json.loads((exported / "config.json").read_text())
     assert meta["family"] == "vit" and meta["class_names"][:2] == ["0", "1"] and meta["preprocess"]["img_size"] == 8
+
+
+def _budget_worker(rank: int, port: int, root: str) -> None:
+    """A DDP run with a time budget of 8 s whose clocks disagree: rank 0's advances 1 s per reading,
+    rank 1's 0.5 s (a slower process would want 16 steps)."""
+    _join(rank, port, timeout_s=60)
+    readings = {"n": 0}
+
+    def fake_now() -> float:
+        readings["n"] += 1
+        return readings["n"] * (1.0 if rank == 0 else 0.5)
+
+    clock.now = fake_now  # a fresh process: nothing to restore
+    try:
+        sets = {**FSDP_SETS, "parallel": "ddp", "epochs": "3", "schedule.time_budget_s": "8", "out_dir": root}
+        trainer.train(resolve(RunConfig(model="vit_test"), sets))
+        with open(f"{root}/readings.{rank}", "w") as fh:
+            json.dump(readings["n"], fh)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_processes_stop_at_the_same_step_of_a_time_budget(tmp_path):
+    mp.spawn(_budget_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD)
+    readings = [json.loads((tmp_path / f"readings.{rank}").read_text()) for rank in range(WORLD)]
+    assert readings[0] == readings[1]  # the same steps (and epoch starts) on both
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 8  # 6 steps an epoch
+    assert [(r["epoch"], r["step"]) for r in RunLogger(tmp_path).read_history(99)] == [(1, 6), (2, 8)]
 
 
 @pytest.mark.parametrize("sets, words", [
