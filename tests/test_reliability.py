@@ -68,7 +68,7 @@ def test_export_out_under_a_file(digits_model, tmp_path, capsys):
     "data.img_size=100000", "optim.weight_decay=-0.1", "schedule.min_lr_ratio=-0.5", "schedule.warmup_epochs=-1",
     "optim.lr=inf", "optim.lr=nan", "clip_grad=nan", "clip_grad=inf", "label_smoothing=1.5", "data.val_fraction=2",
     "data.mixup_alpha=-1", "threads=-2", "model.depth=0", "model.drop_rate=1.5", "model.img_size=-3",
-    "model.embed_dim=0", "ema.decay=1", "data.crop_padding=-1", "data.limit_train=0",
+    "model.embed_dim=0", "ema.decay=1", "data.crop_padding=-1", "data.limit_train=0", "model.num_classes=0",
 ])
 def test_bad_config_value_is_one_line_before_any_work(setting, tmp_path, capsys):
     out = tmp_path / "run"

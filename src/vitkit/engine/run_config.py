@@ -160,6 +160,9 @@ class RunConfig:
         if self.optim.layer_decay is not None and not 0.0 < self.optim.layer_decay <= 1.0:
             raise VitkitError(f"optim.layer_decay={self.optim.layer_decay} is out of range (0, 1]; "
                               "set a valid value (e.g. --set optim.layer_decay=0.75) or none")
+        if getattr(self.model, "num_classes", 1) < 1:
+            raise VitkitError(f"model.num_classes={self.model.num_classes} is out of range for training (>= 1: a "
+                              "model without a head cannot be trained); drop the override (the data sets it)")
         if self.finetune.head_warmup_epochs < 0:
             raise VitkitError("finetune.head_warmup_epochs must be >= 0; set a valid value with --set")
 
