@@ -1,5 +1,6 @@
 """Bench runs and reports well-formed figures; gradient checkpointing keeps gradients identical."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch
 import vitkit
 from vitkit.cli import main
 from vitkit.errors import VitkitError
-from vitkit.tools.bench import BenchConfig, peak_memory_bytes, quantize_linear_int8, run_bench
+from vitkit.tools.bench import BenchConfig, input_batch, make_step, peak_memory_bytes, quantize_linear_int8, run_bench
+from vitkit.tools.bench import prepare as prepare_bench
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -105,3 +107,57 @@ def test_int8_inference_counts_fp32_flops_and_stays_close():
     assert 0 < (out - ref).abs().max() < 0.1 * ref.abs().max()
     with pytest.raises(VitkitError, match="inference only"):
         BenchConfig("vit_test", dtype="int8", train=True).validate()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches emptied: each test traces its own steps (one process runs one
+    configuration, as `vitkit bench` does)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _params(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("optimizer, impl, flag", [
+    ("sgd", "foreach", "foreach"), ("adamw", "fused", "fused"), ("adamw", "for-loop", None)])
+def test_train_step_options_run_and_update(optimizer, impl, flag, fresh_dynamo):
+    """The chosen optimizer and kernel run the step; compiling the whole step (eager backend: the
+    same ops, traced) gives the same parameters as the plain step (fp32, 2 steps: rounding-level)."""
+    cfg = BenchConfig("vit_test", batch_size=2, train=True, optimizer=optimizer, optim_impl=impl,
+                      compile_backend="eager")
+    results = {}
+    for compile_step in (False, True):
+        torch.manual_seed(0)
+        model = vitkit.create_model("vit_test")
+        before = _params(model)
+        c = replace(cfg, compile_step=compile_step)
+        runnable, x, plain = prepare_bench(model, input_batch(model, c), c)
+        step = make_step(runnable, x, c)
+        assert type(step.optimizer).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[optimizer]
+        if flag is not None:
+            assert step.optimizer.param_groups[0][flag] is True
+        losses = [step() for _ in range(2)]
+        assert all(torch.isfinite(loss) for loss in losses)
+        results[compile_step] = _params(plain)
+        assert any(not torch.equal(before[k], results[compile_step][k]) for k in before)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-5, atol=1e-6)
+
+
+def test_run_bench_adamw_compiled_step_with_timm(fresh_dynamo):
+    cfg = BenchConfig("vit_test", batch_size=2, iters=1, warmup=1, rounds=1, train=True, compare="timm",
+                      optimizer="adamw", optim_impl="foreach", compile_step=True, compile_backend="eager", memory=False)
+    results = run_bench(cfg, peak_flops=1e11)
+    assert [r.label for r in results] == ["vitkit", "timm"] and all(r.step_s > 0 for r in results)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--compile-step"], "with --train"),
+    (["--train", "--compile", "--compile-step"], "without --compile"),
+])
+def test_cli_refuses_compile_step_misuse(capsys, args, match):
+    assert main(["bench", "vit_test", *args, "--iters", "1", "--warmup", "0", "--peak-n", "64"]) == 2
+    assert match in capsys.readouterr().err

@@ -15,7 +15,15 @@ def add_arguments(p) -> None:
                         "int8: dynamic int8 quantization of the Linear layers (inference only)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
-    p.add_argument("--train", action="store_true", help="time training steps (fwd + bwd + SGD) instead of inference")
+    p.add_argument("--train", action="store_true",
+                   help="time training steps (fwd + bwd + optimizer update) instead of inference")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="the training step's update (default: sgd with momentum); the same for --compare timm")
+    p.add_argument("--optim-impl", choices=("auto", "fused", "foreach", "for-loop"), default="auto",
+                   help="the optimizer's kernel (default: auto, torch's choice)")
+    p.add_argument("--compile-step", action="store_true",
+                   help="torch.compile the whole training step: forward, backward and update (with --train)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (with --train)")
     p.add_argument("--compare", choices=("timm",), default=None, help="also run the equivalent timm model, interleaved")
     p.add_argument("--iters", type=int, default=10, help="timed steps per model (default: 10)")
@@ -35,9 +43,10 @@ def _row(r, mem: bool) -> str:
 
 def _print(cfg, results, peak) -> None:
     r0 = results[0]
-    mode = "train (fwd+bwd+SGD)" if cfg.train else "inference"
+    mode = f"train (fwd+bwd+{cfg.optimizer}, {cfg.optim_impl})" if cfg.train else "inference"
+    compiled = "step" if cfg.compile_step else cfg.compile
     print(f"{cfg.model}: {mode}, batch {cfg.batch_size}, {cfg.dtype}, channels_last={cfg.channels_last}, "
-          f"compile={cfg.compile}, grad_ckpt={cfg.grad_checkpointing}")
+          f"compile={compiled}, grad_ckpt={cfg.grad_checkpointing}")
     print(f"params {r0.params / 1e6:.2f}M, FLOPs/step {r0.flops_per_step / 1e9:.2f} G, "
           f"matmul peak ({cfg.dtype}) {peak / 1e9:.1f} GFLOP/s")
     print(f"{'model':<8} {'img/s':>9} {'step ms':>10} {'peak MiB':>9} {'GFLOP/s':>9} {'of peak':>8}")
@@ -62,6 +71,8 @@ def run(args) -> int:
     device = device_of(args)
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
                       args.train, args.grad_ckpt, args.iters, args.warmup, compare=args.compare,
+                      optimizer=args.optimizer, optim_impl=args.optim_impl, compile_step=args.compile_step,
+                      compile_backend=args.compile_backend,
                       memory=not args.no_memory, device=str(device), overrides=model_sets(args))
     cfg.validate()
     peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device)

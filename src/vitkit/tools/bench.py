@@ -3,7 +3,8 @@
 1. Measurement: wall time of a step, peak memory of a step, the machine's matmul peak.
    FLOPs come from the one FLOP counter, :func:`vitkit.tools.flops.flops_of`.
 2. Model steps: a step is one forward pass (inference, ``torch.inference_mode``) or one
-   training step (forward, cross-entropy, backward, SGD-momentum update). Throughput = batch /
+   training step (forward, cross-entropy, backward, optimizer update: SGD with momentum or AdamW,
+   in the chosen kernel; optionally the whole step in one ``torch.compile``d function). Throughput = batch /
    median step time; achieved FLOP/s = counted FLOPs of a step / median step time, shown as a
    fraction of the matmul peak for the dtype. With ``compare="timm"`` the equivalent timm
    model runs in the same process, interleaved.
@@ -36,11 +37,14 @@ from torch import nn
 from vitkit.data import DataConfig, build_data
 from vitkit.data.datasets import ArrayDataset
 from vitkit.engine.device import autocast, synchronize
+from vitkit.engine.optim import IMPL_KWARGS, make_optimizer
 from vitkit.errors import VitkitError
 from vitkit.registry import create_model
 from vitkit.tools.flops import flops_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+OPTIMIZERS = {"sgd": (torch.optim.SGD, {"lr": 1e-4, "momentum": 0.9}),
+              "adamw": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.05})}
 
 
 # ---------------------------------------------------------------- measurement
@@ -146,6 +150,10 @@ class BenchConfig:
     seed: int = 0
     device: str = "cpu"  # a resolved torch device name: cpu, cuda:0, mps
     overrides: dict = field(default_factory=dict)  # model-config overrides (--set model.KEY=VALUE)
+    optimizer: str = "sgd"  # the training step's update: sgd (with momentum) or adamw
+    optim_impl: str = "auto"  # its kernel: auto, fused, foreach, for-loop
+    compile_step: bool = False  # torch.compile the whole training step (forward, backward, update)
+    compile_backend: str = "inductor"  # torch.compile's backend (eager: trace only, for tests)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -157,6 +165,12 @@ class BenchConfig:
                               "drop --train / --channels-last or use fp32 or bf16")
         if self.dtype == "int8" and torch.device(self.device).type != "cpu":
             raise VitkitError("int8 (dynamic quantization) runs on the CPU only; use --device cpu or fp32 / bf16")
+        if self.optimizer not in OPTIMIZERS or self.optim_impl not in IMPL_KWARGS:
+            raise VitkitError(f"unknown optimizer '{self.optimizer}' / implementation '{self.optim_impl}'; choose "
+                              f"{' or '.join(OPTIMIZERS)} and one of {', '.join(IMPL_KWARGS)}")
+        if self.compile_step and (not self.train or self.compile):
+            raise VitkitError("--compile-step compiles a training step (with --train), the model's forward "
+                              "included; use it without --compile (or --compile alone for inference)")
         if self.compare not in (None, "timm"):
             raise VitkitError(f"cannot compare with '{self.compare}'; the only reference is 'timm'")
 
@@ -191,7 +205,8 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
         return infer
     n_cls = max(1, getattr(getattr(model, "config", None), "num_classes", 0) or 1)
     target = torch.randint(0, n_cls, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    cls, kwargs = OPTIMIZERS[cfg.optimizer]
+    opt = make_optimizer(cls, model.parameters(), cfg.optim_impl, **kwargs)
     precision = "bf16" if cfg.dtype == "bf16" else "fp32"
 
     def train():
@@ -201,7 +216,9 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
         loss.backward()
         opt.step()
         return loss
-    return train
+    step = torch.compile(train, backend=cfg.compile_backend) if cfg.compile_step else train
+    step.optimizer = opt  # what the step updates with (for inspection)
+    return step
 
 
 def input_batch(model: nn.Module, cfg: BenchConfig) -> torch.Tensor:
@@ -236,7 +253,7 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # inference: fold weights into the graph (oneDNN prepacking)
-    runnable = torch.compile(model) if cfg.compile else model
+    runnable = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
     return runnable, x, model
 
 
@@ -248,7 +265,7 @@ def make_runner(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
     runnable, x, plain = prepare(model, x, cfg)
     step = make_step(runnable, x, cfg)
     if cfg.dtype != "int8":
-        flops = flops_of(make_step(plain, x, replace(cfg, compile=False))).total
+        flops = flops_of(make_step(plain, x, replace(cfg, compile=False, compile_step=False))).total
     params = sum(p.numel() for p in plain.parameters())
 
     def finish(times: list[float]) -> BenchResult:
