@@ -1,0 +1,104 @@
+"""Static int8 inference: calibrated activation scales, int8 kernels, nothing quantized at run time.
+
+PyTorch 2 export quantization (PT2E, from the ``torchao`` package):
+
+1. ``torch.export`` captures the model as an ATen graph (batch dimension left dynamic).
+2. ``prepare_pt2e`` with the ``X86InductorQuantizer`` inserts observers: per-channel symmetric int8
+   for the weights of every Linear / Conv2d, per-tensor affine uint8 for their inputs.
+3. Calibration: the observers see a few batches and fix each activation's scale and zero point
+   (a histogram observer that minimises the rounding + clipping error).
+4. ``convert_pt2e`` replaces the observers with quantize / dequantize pairs whose scales are
+   constants; run eagerly, this graph is the fp32 reference of the int8 arithmetic.
+5. ``torch.compile`` with inductor *freezing* folds the weights into the graph and lowers each
+   dequantize -> Linear -> quantize pattern to oneDNN's int8 kernels (``qlinear_pointwise``).
+
+CPUs without VNNI (AVX2-only x86) multiply uint8 x int8 through 16-bit intermediate sums that
+saturate for full-range activations, so there the activations use 7 bits (``reduce_range``),
+as the quantizer's documentation advises.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+from vitkit.errors import VitkitError
+
+
+class _Logits(nn.Module):
+    """``forward_head(forward_features(x))``: the plain path of a backbone-contract model.
+
+    A class-token ViT's ``forward`` runs its last block for the class token's row only (a slice
+    of the residual stream); inductor's int8 fusion passes (torch 2.14 / torchao 0.18) compute
+    that graph wrongly under freezing, so the quantized graph is captured from the plain path."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.forward_head(self.model.forward_features(x))
+
+
+class _Frozen(nn.Module):
+    """Runs a compiled graph with inductor freezing on (compiling happens at the first call)."""
+
+    def __init__(self, compiled: nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor):
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def _pt2e():
+    """(prepare_pt2e, convert_pt2e, X86InductorQuantizer module), or a clear error without torchao."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        raise VitkitError("static int8 needs torchao: pip install 'vitkit[quant]' (or pip install torchao)") from None
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor]) -> torch.fx.GraphModule:
+    """Steps 1-4: the calibrated, converted graph (quantize / dequantize ops with constant scales).
+    ``calib_batches``: image batches (B, C, H, W) with B >= 2, the first one also traced."""
+    batches = list(calib_batches)
+    if not batches:
+        raise VitkitError("static int8 needs at least one calibration batch")
+    if batches[0].ndim != 4 or batches[0].shape[0] < 2:
+        raise VitkitError(f"calibration batches must be (B, C, H, W) with B >= 2, got {tuple(batches[0].shape)}")
+    model = model.eval()
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        model = _Logits(model).eval()
+    prepare_pt2e, convert_pt2e, xiq = _pt2e()
+    quantizer = xiq.X86InductorQuantizer()
+    reduce_range = not torch.cpu._is_vnni_supported()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+    with warnings.catch_warnings():  # export / observer notices
+        warnings.simplefilter("ignore")
+        graph = torch.export.export(model, (batches[0],), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for x in batches:  # (B, C, H, W)
+                prepared(x)
+        return convert_pt2e(prepared)
+
+
+def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor], compile: bool = True) -> nn.Module:
+    """Static int8 inference model (steps 1-5); ``compile=False`` returns the eager reference graph.
+    CPU only; inference only. The first call of the compiled model compiles it (tens of seconds)."""
+    converted = convert_static_int8(model, calib_batches)
+    if not compile:
+        return converted
+    return _Frozen(torch.compile(converted))
+
+
+def graph_targets(graph: torch.fx.GraphModule) -> list[str]:
+    """The names of the operators a converted graph calls, in order (for inspection and tests)."""
+    return [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]

@@ -1,0 +1,66 @@
+"""Static int8 (PT2E) inference: calibrated scales, int8 kernels, logits close to fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitkit import create_model
+from vitkit.errors import VitkitError
+
+pytest.importorskip("torchao")
+from vitkit.tools.quantize import convert_static_int8, graph_targets, quantize_static_int8  # noqa: E402
+
+
+def _batches(model, n: int, batch: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, model.preprocess.in_chans, *model.preprocess.img_size)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+def test_static_int8_close_to_fp32_without_runtime_quantization():
+    """Every Linear / Conv2d runs on int8 weights (one per-channel dequantize each) with constant
+    activation scales: quantize_per_tensor.default takes float scales, and no choose_qparams (the
+    run-time scale of dynamic quantization) is in the graph; compiled, it calls oneDNN's int8 linear.
+
+    Tolerance: activations use 7 or 8 bits per tensor, so each quantized matmul input carries a
+    rounding error of RMS ~ step / sqrt(12) ~ (range / 127) / 3.5, about 1.5 % of its RMS for a
+    range of ~6 standard deviations; weights (8-bit per channel) add less. vit_test has 10 quantized
+    matmuls (patch conv, 2 x (qkv, proj, fc1, fc2), head); independent errors add in quadrature to
+    ~5 %, so the relative logit error must stay below 10 %. Top-1 must agree wherever the fp32 top-2
+    margin exceeds twice that bound times the logits' RMS.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = create_model("vit_test").eval()
+    calib, test = _batches(model, 4, 16, seed=1), _batches(model, 1, 32, seed=2)[0]
+    with torch.no_grad():
+        ref = model(test)  # (B, classes)
+    converted = convert_static_int8(model, calib)
+    ops = graph_targets(converted)
+    n_weights = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())
+    assert ops.count("quantized_decomposed.dequantize_per_channel.default") == n_weights
+    assert "quantized_decomposed.quantize_per_tensor.default" in ops
+    assert not [op for op in ops if "choose_qparams" in op or op.endswith(".tensor")
+                and "quantize" in op]
+    compiled = quantize_static_int8(model, calib)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, test)
+        eager = converted(test)
+    assert "qlinear_pointwise" in "\n".join(code)
+    for got in (eager, out):
+        rel = float((got - ref).norm() / ref.norm())
+        assert rel < 0.10, rel
+        top2 = ref.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * 0.10 * ref.pow(2).mean().sqrt()
+        assert torch.equal(got.argmax(1)[clear], ref.argmax(1)[clear])
+    with torch.no_grad():
+        assert converted(test[:5]).shape == (5, ref.shape[1])  # the batch size stays free
+
+
+def test_static_int8_refuses_bad_calibration():
+    model = create_model("vit_test")
+    with pytest.raises(VitkitError, match="at least one"):
+        convert_static_int8(model, [])
+    with pytest.raises(VitkitError, match="B >= 2"):
+        convert_static_int8(model, _batches(model, 1, 1, seed=0))
