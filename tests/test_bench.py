@@ -161,3 +161,19 @@ def test_run_bench_adamw_compiled_step_with_timm(fresh_dynamo):
 def test_cli_refuses_compile_step_misuse(capsys, args, match):
     assert main(["bench", "vit_test", *args, "--iters", "1", "--warmup", "0", "--peak-n", "64"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_int8_static_runs_compiled_and_counts_fp32_flops():
+    """int8-static bench: the calibrated, compiled int8 model runs; FLOPs and parameter count are
+    the fp32 model's; training, channels-last and non-CPU devices are refused."""
+    pytest.importorskip("torchao")
+    cfg = dict(batch_size=2, iters=1, warmup=0, memory=False, overrides={"depth": 1})
+    fp32 = run_bench(BenchConfig("vit_test", **cfg), 1e11)[0]
+    static = run_bench(BenchConfig("vit_test", dtype="int8-static", **cfg), 1e11)[0]
+    assert static.flops_per_step == fp32.flops_per_step > 0 and static.params == fp32.params
+    assert static.imgs_per_s > 0
+    for bad in (dict(train=True), dict(channels_last=True)):
+        with pytest.raises(VitkitError, match="inference only"):
+            BenchConfig("vit_test", dtype="int8-static", **bad).validate()
+    with pytest.raises(VitkitError, match="CPU only"):
+        BenchConfig("vit_test", dtype="int8-static", device="cuda:0").validate()

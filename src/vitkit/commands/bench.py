@@ -10,9 +10,10 @@ def add_arguments(p) -> None:
     p.add_argument("model", help="registered model name, save_pretrained dir or run dir")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-size", type=int, default=None, help="image size (default: the model's)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8", "int8-static"), default="fp32",
                    help="bf16: bf16 weights for inference, bf16 autocast for training; "
-                        "int8: dynamic int8 quantization of the Linear layers (inference only)")
+                        "int8: dynamic int8 quantization of the Linear layers (inference only); "
+                        "int8-static: calibrated int8 Linear/Conv layers, compiled (inference only, needs torchao)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
     p.add_argument("--train", action="store_true",

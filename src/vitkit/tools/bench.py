@@ -41,8 +41,10 @@ from vitkit.engine.optim import IMPL_KWARGS, make_optimizer
 from vitkit.errors import VitkitError
 from vitkit.registry import create_model
 from vitkit.tools.flops import flops_of
+from vitkit.tools.quantize import quantize_static_int8
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8, "int8-static": torch.int8}
+INT8 = ("int8", "int8-static")  # dynamic: activations quantized per batch; static: calibrated scales
 OPTIMIZERS = {"sgd": (torch.optim.SGD, {"lr": 1e-4, "momentum": 0.9}),
               "adamw": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.05})}
 
@@ -160,11 +162,11 @@ class BenchConfig:
             raise VitkitError(f"unknown dtype '{self.dtype}'; choose one of {', '.join(DTYPES)}")
         if self.batch_size < 1 or self.iters < 1 or self.warmup < 0 or self.rounds < 1:
             raise VitkitError("batch size and iters must be >= 1 and warmup >= 0")
-        if self.dtype == "int8" and (self.train or self.channels_last):
-            raise VitkitError("int8 is for inference only (dynamic quantization of the Linear layers); "
+        if self.dtype in INT8 and (self.train or self.channels_last):
+            raise VitkitError(f"{self.dtype} is for inference only (quantized Linear layers); "
                               "drop --train / --channels-last or use fp32 or bf16")
-        if self.dtype == "int8" and torch.device(self.device).type != "cpu":
-            raise VitkitError("int8 (dynamic quantization) runs on the CPU only; use --device cpu or fp32 / bf16")
+        if self.dtype in INT8 and torch.device(self.device).type != "cpu":
+            raise VitkitError(f"{self.dtype} (int8 quantization) runs on the CPU only; use --device cpu or fp32 / bf16")
         if self.optimizer not in OPTIMIZERS or self.optim_impl not in IMPL_KWARGS:
             raise VitkitError(f"unknown optimizer '{self.optimizer}' / implementation '{self.optim_impl}'; choose "
                               f"{' or '.join(OPTIMIZERS)} and one of {', '.join(IMPL_KWARGS)}")
@@ -247,6 +249,8 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     if cfg.dtype == "int8":
         model = quantize_linear_int8(model)
+    if cfg.dtype == "int8-static":  # calibrated on the bench batch itself; always compiled (int8 kernels)
+        return quantize_static_int8(model, [x]), x, model
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if cfg.compile and not cfg.train:
@@ -260,11 +264,11 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
 def make_runner(label: str, model: nn.Module, x: torch.Tensor, cfg: BenchConfig,
                 peak_flops: float) -> tuple[Callable, Callable]:
     """(timed step, finaliser) for one model; the finaliser turns step times into a result."""
-    if cfg.dtype == "int8":  # the quantized ops are not counted by the FLOP counter: count the fp32 model
+    if cfg.dtype in INT8:  # the quantized ops are not counted by the FLOP counter: count the fp32 model
         flops = flops_of(make_step(model.train(False), x, replace(cfg, compile=False, dtype="fp32"))).total
     runnable, x, plain = prepare(model, x, cfg)
     step = make_step(runnable, x, cfg)
-    if cfg.dtype != "int8":
+    if cfg.dtype not in INT8:
         flops = flops_of(make_step(plain, x, replace(cfg, compile=False, compile_step=False))).total
     params = sum(p.numel() for p in plain.parameters())
 
