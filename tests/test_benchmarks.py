@@ -153,3 +153,36 @@ def test_transfer_quick(tmp_path, fake_fmnist):
     assert {(r["init"], r["mode"]) for r in raw["rows"]} == {("scratch", "full"), ("scratch", "linear"),
                                                               ("pretrained", "linear"), ("pretrained", "full")}
     assert all(0.0 <= r["acc"] <= 1.0 for r in raw["rows"]) and 0.0 <= raw["pretrain_acc"] <= 1.0
+
+
+def test_infer_modes_quick(tmp_path, fake_fmnist):
+    """infer_modes.py on a tiny trained run: every mode's row (static int8 as its eager reference
+    graph), deltas against fp32 eager, and the speed part against timm on a test preset."""
+    common, infer = load("common"), load("infer_modes")
+    cfg = common.make_config("fmnist_vit_fast", {"model": "vit_convstem_test", "data.data_dir": fake_fmnist,
+                                                 **common.quick_overrides(64, 32), "batch_size": 32}, tmp_path / "run")
+    run_dir = common.run_training(cfg)["run_dir"]
+    raw = infer.main([run_dir, "--quick", "--modes", "fp32", "int8", "int8-static", "--compile", "off",
+                      "--speed-model", "vit_test", "--batch-size", "4", "--out", str(tmp_path)])
+    shapes, saved = _outputs(tmp_path, "infer_modes")
+    assert shapes == [(5, 3), (4, 4)] and saved["accuracy"] == json.loads(json.dumps(raw["accuracy"]))
+    acc = {r["mode"]: r for r in raw["accuracy"]}
+    assert acc["fp32"]["delta_vs_fp32"] == 0.0 and all(0.0 <= r["top1"] <= 1.0 for r in acc.values())
+    assert acc["int8"]["delta_vs_fp32"] == pytest.approx(acc["int8"]["top1"] - acc["fp32"]["top1"])
+    assert [r["label"] for r in raw["speed"]] == ["vitkit fp32", "vitkit int8", "timm fp32", "timm int8"]
+    assert raw["speed"][2]["vs_timm_fp32"] == 1.0 and max(r["vs_timm_fastest"] for r in raw["speed"][2:]) == 1.0
+
+
+def test_profile_modes_quick(capsys):
+    """profile_modes.py: one top-operator table per mode and step (int8 modes: inference only)."""
+    results = load("profile_modes").main(["--model", "vit_test", "--quick", "--top", "5"])
+    assert list(results) == ["fp32 infer", "bf16 infer", "int8 infer", "int8-static infer", "fp32 train", "bf16 train"]
+    shapes = table_shapes(capsys.readouterr().out)
+    assert len(shapes) == 6 and all(cols == 4 and 1 <= n <= 5 for cols, n in shapes)
+    for name, rows in results.items():
+        times = [t for _, t, _ in rows]
+        assert times == sorted(times, reverse=True) and times[0] > 0 and all(c >= 1 for _, _, c in rows), name
+    ops = {mode: {op for op, _, _ in rows} for mode, rows in results.items()}
+    assert "quantized::linear_dynamic" in ops["int8 infer"] and "aten::addmm" in ops["fp32 infer"]
+    assert any(op.startswith("onednn::qlinear") for op in ops["int8-static infer"])
+    assert "aten::convolution_backward" in ops["fp32 train"]

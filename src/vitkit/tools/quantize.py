@@ -96,7 +96,13 @@ def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor]
     converted = convert_static_int8(model, calib_batches)
     if not compile:
         return converted
-    return _Frozen(torch.compile(converted))
+    return compile_frozen(converted)
+
+
+def compile_frozen(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for inference with inductor freezing: weights become graph constants, so
+    they are prepacked once for oneDNN (fp32 / bf16) and int8 patterns lower to int8 kernels."""
+    return _Frozen(torch.compile(model))
 
 
 def graph_targets(graph: torch.fx.GraphModule) -> list[str]:
