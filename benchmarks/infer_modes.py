@@ -62,11 +62,12 @@ def build_mode(model: torch.nn.Module, mode: str, compiled: bool, calib: list[to
 def evaluate_mode(runnable, dtype: torch.dtype, loader) -> tuple[float, float | None]:
     """(top-1, images/s over the full batches after the first)."""
     correct = total = timed = 0
-    seconds, full = 0.0, loader.batch_size
+    seconds, full = 0.0, None
     for i, (x, y) in enumerate(loader):
         t0 = time.perf_counter()
         pred = runnable(x.to(dtype)).argmax(1)  # (B,)
-        if i > 0 and len(y) == full:
+        full = full or len(y)
+        if i > 0 and len(y) == full:  # a smaller last batch may compile again
             seconds, timed = seconds + time.perf_counter() - t0, timed + len(y)
         correct, total = correct + int((pred == y).sum()), total + len(y)
     return correct / total, (timed / seconds if timed else None)

@@ -163,11 +163,13 @@ def test_infer_modes_quick(tmp_path, fake_fmnist):
                                                  **common.quick_overrides(64, 32), "batch_size": 32}, tmp_path / "run")
     run_dir = common.run_training(cfg)["run_dir"]
     raw = infer.main([run_dir, "--quick", "--modes", "fp32", "int8", "int8-static", "--compile", "off",
-                      "--speed-model", "vit_test", "--batch-size", "4", "--out", str(tmp_path)])
+                      "--eval-batch-size", "64", "--speed-model", "vit_test", "--batch-size", "4",
+                      "--out", str(tmp_path)])
     shapes, saved = _outputs(tmp_path, "infer_modes")
     assert shapes == [(5, 3), (4, 4)] and saved["accuracy"] == json.loads(json.dumps(raw["accuracy"]))
     acc = {r["mode"]: r for r in raw["accuracy"]}
     assert acc["fp32"]["delta_vs_fp32"] == 0.0 and all(0.0 <= r["top1"] <= 1.0 for r in acc.values())
+    assert all(r["imgs_per_s"] > 0 for r in acc.values())  # 150 test images: 2 full batches of 64
     assert acc["int8"]["delta_vs_fp32"] == pytest.approx(acc["int8"]["top1"] - acc["fp32"]["top1"])
     assert [r["label"] for r in raw["speed"]] == ["vitkit fp32", "vitkit int8", "timm fp32", "timm int8"]
     assert raw["speed"][2]["vs_timm_fp32"] == 1.0 and max(r["vs_timm_fastest"] for r in raw["speed"][2:]) == 1.0

@@ -101,8 +101,10 @@ def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor]
 
 def compile_frozen(model: nn.Module) -> nn.Module:
     """``torch.compile`` for inference with inductor freezing: weights become graph constants, so
-    they are prepacked once for oneDNN (fp32 / bf16) and int8 patterns lower to int8 kernels."""
-    return _Frozen(torch.compile(model))
+    they are prepacked once for oneDNN (fp32 / bf16) and int8 patterns lower to int8 kernels.
+    Shapes are static (one compile per batch size): with a symbolic batch size, inductor's int8
+    convolution (a conv stem) expects the wrong memory layout in torch 2.14."""
+    return _Frozen(torch.compile(model, dynamic=False))
 
 
 def graph_targets(graph: torch.fx.GraphModule) -> list[str]:
