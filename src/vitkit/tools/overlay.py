@@ -37,7 +37,7 @@ def save_overlay_grid(image: torch.Tensor, maps: torch.Tensor, titles: Sequence[
     size = tuple(image.shape[-2:])
     _show_image(axes[0], image)
     axes[0].set_title("input", fontsize=8)
-    for ax, m, title in zip(axes[1:], maps, titles, strict=True):
+    for ax, m, title in zip(axes[1:panels], maps, titles, strict=True):
         _show_image(ax, image)
         ax.imshow(upsample_map(m, size).numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
