@@ -46,7 +46,9 @@ def run(args) -> int:
         exp, paths = explain_loaded(model, images[0], args.out, args.layer, args.fusion, device)
         if exp.logits.ndim == 2:
             probs = exp.logits.float().softmax(-1)[0]
-            print(f"predicted class {int(probs.argmax())} (p={float(probs.max()):.3f})")
+            k, names = int(probs.argmax()), getattr(model, "class_names", None)
+            name = f"{names[k]} (class {k})" if names and k < len(names) else f"class {k}"
+            print(f"predicted {name} (p={float(probs.max()):.3f})")
     else:
         paths = write_figures(model, args.figure, images, args.out, args.layer, args.fusion, device)
     for path in paths:
