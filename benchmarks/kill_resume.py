@@ -1,9 +1,10 @@
 """Crash safety: SIGKILL a tiny `vitkit train` at random moments, resume, compare with an uninterrupted run.
 
 One uninterrupted reference run, then ``--tries`` runs that each get ``kill -9`` at a moment
-drawn uniformly over 90% of the reference run's wall time (so some land during start-up, some
-during an epoch, some during a checkpoint write; a run that ends before its drawn moment is
-not counted and is drawn again). A killed run is continued with
+drawn uniformly over the reference run's training phase: from when its ``config.json`` appears
+(imports and start-up done) to the end of the run (so kills land during epochs, checkpoint
+writes and the final save, and a few during start-up of a resumed run; a run that ends before
+its drawn moment is not counted and is drawn again). A killed run is continued with
 ``--resume`` when it has a checkpoint, else started again on the same ``--out``; a run may
 be killed again (``--kills`` per try). A try survives when its final ``model.safetensors``
 is byte-identical to the reference's and ``vitkit eval`` agrees on top-1.
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 ARGS = ["--model", "vit_test", "--set", "model.img_size=8", "model.patch_size=2", "data.limit_train=256",
-        "data.limit_val=32", "batch_size=16", "epochs=3", "tensorboard=false", "progress=false", "threads=1",
+        "data.limit_val=32", "batch_size=16", "epochs=5", "tensorboard=false", "progress=false", "threads=1",
         "schedule.warmup_steps=3", "optim.lr=3e-3", "ema.enabled=true", "ema.decay=0.9"]
 
 
@@ -50,13 +51,19 @@ def _continue(out: Path) -> subprocess.Popen:
     return _start(out, resume=(out / "checkpoint" / "latest.json").is_file())
 
 
-def one_try(out: Path, duration: float, kills: int, rng: random.Random) -> dict:
-    """Kill up to ``kills`` times, each at a moment uniform in (0, ``duration``) after the (re)start,
-    then let the run finish."""
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Poll until ``path`` exists or ``proc`` has exited."""
+    while not path.exists() and proc.poll() is None:
+        time.sleep(0.01)
+
+
+def one_try(out: Path, window: tuple[float, float], kills: int, rng: random.Random) -> dict:
+    """Kill up to ``kills`` times, each at a moment uniform in ``window`` (seconds after the
+    (re)start), then let the run finish."""
     events = []
     proc = _start(out, resume=False)
     for _ in range(kills):
-        moment = rng.uniform(0.0, duration)
+        moment = rng.uniform(*window)
         try:
             proc.wait(timeout=moment)
             break  # finished before the kill
@@ -82,6 +89,8 @@ def main() -> int:
     ref = root / "reference"
     t0 = time.monotonic()
     proc = _start(ref, resume=False)
+    _wait_for(ref / "config.json", proc)
+    started = time.monotonic() - t0
     text, _ = proc.communicate(timeout=1800)
     duration = time.monotonic() - t0
     assert proc.returncode == 0, text
@@ -89,7 +98,7 @@ def main() -> int:
     tries, attempt = [], 0
     while len(tries) < args.tries and attempt < 3 * args.tries:
         out, attempt = root / f"try_{attempt:03d}", attempt + 1
-        result = one_try(out, 0.9 * duration, args.kills, rng)
+        result = one_try(out, (started, duration), args.kills, rng)
         if not result["kills"]:  # it finished before the drawn moment: not a try, draw again
             continue
         i = len(tries)
@@ -102,6 +111,7 @@ def main() -> int:
     kills = [k for t in tries for k in t["kills"]]
     summary = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu(),
                "command": " ".join([sys.executable, *sys.argv]), "reference_wall_s": round(duration, 1),
+               "reference_startup_s": round(started, 1),
                "tries": len(tries), "identical": sum(t["identical"] for t in tries), "kills": len(kills),
                "kills_after_a_checkpoint": sum(k["checkpoint_existed"] for k in kills), "runs": tries}
     (root / "kill_resume.json").write_text(json.dumps(summary, indent=2))
