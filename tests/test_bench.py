@@ -54,6 +54,7 @@ def test_cli_prints_table_and_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["resnet_test", "--compare", "timm"], "plain ViT"),
+    (["vit_convstem_test", "--compare", "timm"], "conv stem"),  # timm's ViT has no conv stem: no equivalent
     (["no_such_model"], "unknown model"),
     (["vit_test", "--batch-size", "0"], "must be >= 1"),
 ])

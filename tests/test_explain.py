@@ -164,7 +164,8 @@ def test_overlay_grid_draws_one_panel_per_map_when_the_grid_is_not_full(tmp_path
     """16 visual tokens give 17 panels on a 3 x 8 grid: the last row is part empty."""
     from vitkit.tools.overlay import save_overlay_grid
 
-    path = save_overlay_grid(torch.rand(1, 12, 12), torch.rand(k, 3, 3), [f"t{i}" for i in range(k)], tmp_path / "g.png")
+    titles = [f"t{i}" for i in range(k)]
+    path = save_overlay_grid(torch.rand(1, 12, 12), torch.rand(k, 3, 3), titles, tmp_path / "g.png")
     width, height = Image.open(path).size
     rows = -(-(k + 1) // min(k + 1, 8))
     assert height > width * (rows - 0.5) / min(k + 1, 8) * 0.9  # a grid of `rows` rows was drawn

@@ -27,10 +27,12 @@ RECIPES: dict[str, RunConfig] = {
     # 10-minute budget on 2 quiet cores (benchmarks/fmnist_vit.py): a ViT_C conv stem (16 tokens) learned more per
     # second than patchify stems (2 epochs: 89.3% vs 85.9% for patch 7). Measured at 11-13 epochs: crop + flip +
     # label smoothing under-fit (90.4%); no augmentation over-fits a little (train 97.2%, test 91.8%) but is ahead.
+    # The schedule follows training time (545 s; the rest of the 600 s is start-up and evaluation), so the recipe
+    # takes 10 minutes on any CPU: 13 epochs where a step of this model runs at ~1,400 img/s, ~6 where it runs at ~640.
     "fmnist_vit_fast": RunConfig(
         model="vit_tiny_convstem_28", data=DataConfig(name="fashion-mnist", augment="none"),
-        optim=OptimConfig(lr=2e-3, weight_decay=0.05), schedule=ScheduleConfig(warmup_epochs=0.5), epochs=13,
-        batch_size=128, threads=2, out_dir="runs/fmnist_vit_fast"),
+        optim=OptimConfig(lr=2e-3, weight_decay=0.05), schedule=ScheduleConfig(warmup_epochs=0.5, time_budget_s=545),
+        epochs=14, batch_size=128, threads=2, out_dir="runs/fmnist_vit_fast"),
     # <= 2 hours on one of the 2 cores (the other free for other work): vit_mini_convstem_28 trains at ~400 img/s
     # on 1 thread, so 22 epochs take ~75 min; crop + flip, label smoothing and drop-path against the over-fitting
     # the fast recipe shows; test accuracy every 2 epochs for the learning curve.

@@ -283,9 +283,9 @@ def timm_equivalent(model: nn.Module) -> nn.Module:
     """A ``timm.models.vision_transformer.VisionTransformer`` built with the same arguments as a
     plain vitkit ViT (``--compare timm``)."""
     c = getattr(model, "config", None)
-    if getattr(model, "family", "") != "vit" or c.hybrid_backbone or c.distilled:
+    if getattr(model, "family", "") != "vit" or c.hybrid_backbone or c.distilled or c.conv_stem:
         raise VitkitError(f"--compare timm supports plain ViT presets only, not {type(model).__name__}"
-                          f"{' (hybrid/distilled)' if getattr(model, 'family', '') == 'vit' else ''}")
+                          f"{' (hybrid/distilled/conv stem)' if getattr(model, 'family', '') == 'vit' else ''}")
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
