@@ -21,8 +21,9 @@ from vitkit.layers.block import DropPath
 from vitkit.layers.helpers import maybe_checkpoint
 
 
-class DropPathBasicBlock(BasicBlock):
-    """torchvision's BasicBlock (same modules and state-dict keys) with drop-path on the residual branch."""
+class _DropPathResidual:
+    """y = ReLU(DropPath_p(branch(x)) + shortcut(x)) for a torchvision block (same modules and
+    state-dict keys); the subclass gives ``branch``, its residual branch up to the last BatchNorm."""
 
     def __init__(self, *args, drop_path: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -30,24 +31,23 @@ class DropPathBasicBlock(BasicBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + shortcut)
+        return self.relu(self.drop_path(self.branch(x)) + shortcut)
 
 
-class DropPathBottleneck(Bottleneck):
-    """torchvision's Bottleneck (same modules and state-dict keys) with drop-path on the residual branch."""
+class DropPathBasicBlock(_DropPathResidual, BasicBlock):
+    """torchvision's BasicBlock with drop-path on the residual branch."""
 
-    def __init__(self, *args, drop_path: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.drop_path = DropPath(drop_path)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+
+class DropPathBottleneck(_DropPathResidual, Bottleneck):
+    """torchvision's Bottleneck with drop-path on the residual branch."""
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + shortcut)
+        return self.bn3(self.conv3(out))
 
 
 LAYOUTS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),

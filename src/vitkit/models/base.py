@@ -188,6 +188,16 @@ class VitkitModel(nn.Module):
         """``indices`` as sorted absolute positions in ``feature_info`` (see :func:`take_indices`)."""
         return take_indices(indices, len(self.feature_info))
 
+
+    def stage_intermediates(self, x: torch.Tensor, indices: Indices, output_fmt: str, stop_early: bool,
+                            intermediates_only: bool):
+        """:meth:`forward_intermediates` of a CNN whose ``_stages(x, n)`` returns its first n stage
+        maps (all when n is None), NCHW; the final feature is the last computed map."""
+        self.check_output_fmt(output_fmt)
+        take = self.take_indices(indices)
+        maps = self._stages(x, take[-1] + 1 if stop_early or intermediates_only else None)
+        return stage_outputs(maps, take, intermediates_only)
+
     def check_output_fmt(self, output_fmt: str) -> None:
         if output_fmt not in OUTPUT_FORMATS:
             raise VitkitError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")

@@ -18,7 +18,7 @@ from vitkit.config import image_size, nest_fields
 from vitkit.errors import VitkitError
 from vitkit.layers.helpers import drop_path_ramp
 from vitkit.layers.resnet import LAYOUTS, ResNetTrunk, num_blocks
-from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel, stage_outputs
+from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel
 from vitkit.models.catalog import register_family, register_presets
 
 
@@ -140,10 +140,7 @@ class ResNet(VitkitModel):
                               stop_early: bool = False, intermediates_only: bool = False):
         """Stage outputs (indices 0..3), NCHW (see :meth:`VitkitModel.forward_intermediates`); the final
         feature is the last stage's map. There is no final norm and there are no prefix tokens."""
-        self.check_output_fmt(output_fmt)
-        take = self.take_indices(indices)
-        maps = self._stages(x, take[-1] + 1 if stop_early or intermediates_only else None)
-        return stage_outputs(maps, take, intermediates_only)
+        return self.stage_intermediates(x, indices, output_fmt, stop_early, intermediates_only)
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stem output and every stage's output, NCHW."""

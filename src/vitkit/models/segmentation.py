@@ -28,7 +28,7 @@ from vitkit.config import image_size, nest_fields
 from vitkit.errors import VitkitError
 from vitkit.layers.helpers import maybe_checkpoint
 from vitkit.layers.vt import TokenTransformer, VTConfig, VTModule
-from vitkit.models.base import FeatureInfoList, Indices, VitkitModel, stage_outputs
+from vitkit.models.base import FeatureInfoList, Indices, VitkitModel
 from vitkit.models.catalog import register_family, register_presets
 from vitkit.models.resnet import ResNetTrunkConfig, nest_trunk_fields, trunk_feature_info, trunk_from
 from vitkit.models.vit import VisionTransformer, ViTConfig
@@ -206,10 +206,7 @@ class SemanticFPN(_DenseModel):
                               output_fmt: str = "NCHW", return_prefix_tokens: bool = False,
                               stop_early: bool = False, intermediates_only: bool = False):
         """Backbone stage outputs (indices 0..3), NCHW; the final feature is the last stage's map."""
-        self.check_output_fmt(output_fmt)
-        take = self.take_indices(indices)
-        maps = self._stages(x, take[-1] + 1 if stop_early or intermediates_only else None)
-        return stage_outputs(maps, take, intermediates_only)
+        return self.stage_intermediates(x, indices, output_fmt, stop_early, intermediates_only)
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stem output and every stage's output, NCHW."""
