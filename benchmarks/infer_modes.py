@@ -46,16 +46,17 @@ MODES = ("fp32", "bf16", "int8", "int8-static")
 COMPILES = {"both": (False, True), "off": (False,), "on": (True,)}
 
 
-def build_mode(model: torch.nn.Module, mode: str, compiled: bool, calib: list[torch.Tensor]):
+def build_mode(model: torch.nn.Module, mode: str, compiled: bool, calib: list[torch.Tensor],
+               compile_mode: str = "default"):
     """(runnable, input dtype) of a copy of ``model`` in ``mode``."""
     m = copy.deepcopy(model).eval()
     if mode == "int8-static":
-        return quantize_static_int8(m, calib, compile=compiled), torch.float32
+        return quantize_static_int8(m, calib, compile=compiled, mode=compile_mode), torch.float32
     if mode == "bf16":
         m = m.to(torch.bfloat16)
     if mode == "int8":
         m = quantize_linear_int8(m)
-    return (compile_frozen(m) if compiled else m), (torch.bfloat16 if mode == "bf16" else torch.float32)
+    return (compile_frozen(m, compile_mode) if compiled else m), (torch.bfloat16 if mode == "bf16" else torch.float32)
 
 
 @torch.inference_mode()
@@ -94,7 +95,7 @@ def accuracy_rows(args) -> list[dict]:
     for mode in args.modes:
         for compiled in COMPILES[args.compile]:
             torch._dynamo.reset()
-            runnable, dtype = build_mode(model, mode, compiled, calib)
+            runnable, dtype = build_mode(model, mode, compiled, calib, args.compile_mode)
             top1, speed = evaluate_mode(runnable, dtype, loader)
             rows.append({"mode": mode, "compile": compiled, "top1": top1, "imgs_per_s": speed})
             print(f"  {mode:<12} compile={compiled!s:<5} top-1 {top1:.4f}  img/s {speed or 0:.1f}", flush=True)
@@ -107,6 +108,7 @@ def accuracy_rows(args) -> list[dict]:
 def speed_plan(args) -> list[tuple[str, str, BenchConfig]]:
     """(label, "vitkit" | "timm", config) rows: every vitkit mode; timm fp32 eager and its fast modes."""
     base = dict(batch_size=args.batch_size, iters=1, warmup=1, memory=False)
+    modes = {True: dict(compile_mode=args.compile_mode), False: {}}  # compiled rows: the chosen torch.compile mode
     plan = []
     compiles = COMPILES[args.compile]
     for mode in args.modes:
@@ -114,12 +116,12 @@ def speed_plan(args) -> list[tuple[str, str, BenchConfig]]:
             if mode == "int8-static" and args.compile == "off":
                 continue
             plan.append((f"vitkit {mode}{' compile' if compiled else ''}", "vitkit",
-                         BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base)))
+                         BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base, **modes[compiled])))
     timm = [("fp32", False)] + [("fp32", True)] * (True in compiles) + [("int8", False)] * ("int8" in args.modes)
     timm += [("int8-static", True)] * ("int8-static" in args.modes and args.compile != "off")
     for mode, compiled in timm:
         plan.append((f"timm {mode}{' compile' if compiled else ''}", "timm",
-                     BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base)))
+                     BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base, **modes[compiled])))
     return plan
 
 
@@ -164,6 +166,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the run's)")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--compile", choices=tuple(COMPILES), default="both", help="eager, compiled or both")
+    ap.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default",
+                    help="torch.compile mode of every compiled row, vitkit's and timm's alike")
     ap.add_argument("--calib", type=int, default=512, help="training images that calibrate static int8")
     ap.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images")
     ap.add_argument("--eval-batch-size", type=int, default=256)
@@ -185,6 +189,7 @@ def main(argv=None) -> dict:
     acc = accuracy_rows(args) if args.run_dir else []
     speed = speed_rows(args) if args.speed_model else []
     raw = {"run_dir": args.run_dir, "speed_model": args.speed_model, "batch_size": args.batch_size,
+           "compile_mode": args.compile_mode,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "accuracy": acc, "speed": speed}
     common.write_results(Path(args.out), "infer_modes", "Inference modes: top-1 and images/s", tables(acc, speed), raw)
     return raw

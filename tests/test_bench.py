@@ -158,10 +158,27 @@ def test_run_bench_adamw_compiled_step_with_timm(fresh_dynamo):
 @pytest.mark.parametrize("args, match", [
     (["--compile-step"], "with --train"),
     (["--train", "--compile", "--compile-step"], "without --compile"),
+    (["--compile-mode", "max-autotune"], "needs something compiled"),
 ])
 def test_cli_refuses_compile_step_misuse(capsys, args, match):
     assert main(["bench", "vit_test", *args, "--iters", "1", "--warmup", "0", "--peak-n", "64"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """--compile-mode is the mode torch.compile gets, for the model and for the whole training step."""
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kwargs):
+        seen.append(kwargs.get("mode"))
+        return real(fn, **{**kwargs, "mode": None})  # eager backend: the mode itself is not exercised
+    monkeypatch.setattr(torch, "compile", spy)
+    cfg = dict(batch_size=2, iters=1, warmup=0, rounds=1, memory=False, compile_backend="eager",
+               compile_mode="max-autotune")
+    run_bench(BenchConfig("vit_test", compile=True, **cfg), 1e11)
+    run_bench(BenchConfig("vit_test", train=True, compile_step=True, **cfg), 1e11)
+    assert seen == ["max-autotune", "max-autotune"]
 
 
 def test_int8_static_runs_compiled_and_counts_fp32_flops():

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--compile-step", action="store_true",
                    help="torch.compile the whole training step: forward, backward and update (with --train)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    p.add_argument("--compile-mode", choices=("default", "max-autotune", "max-autotune-no-cudagraphs"),
+                   default="default", help="torch.compile mode; max-autotune times inductor's own GEMM kernels "
+                   "against the library's for each shape (a longer warm-up)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (with --train)")
     p.add_argument("--compare", choices=("timm",), default=None, help="also run the equivalent timm model, interleaved")
     p.add_argument("--iters", type=int, default=10, help="timed steps per model (default: 10)")
@@ -45,7 +48,9 @@ def _row(r, mem: bool) -> str:
 def _print(cfg, results, peak) -> None:
     r0 = results[0]
     mode = f"train (fwd+bwd+{cfg.optimizer}, {cfg.optim_impl})" if cfg.train else "inference"
-    compiled = "step" if cfg.compile_step else cfg.compile
+    compiled = "step" if cfg.compile_step else cfg.compile or cfg.dtype == "int8-static"  # static int8 compiles
+    if cfg.compile_mode != "default":
+        compiled = f"{compiled} ({cfg.compile_mode})"
     print(f"{cfg.model}: {mode}, batch {cfg.batch_size}, {cfg.dtype}, channels_last={cfg.channels_last}, "
           f"compile={compiled}, grad_ckpt={cfg.grad_checkpointing}")
     print(f"params {r0.params / 1e6:.2f}M, FLOPs/step {r0.flops_per_step / 1e9:.2f} G, "
@@ -73,7 +78,7 @@ def run(args) -> int:
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
                       args.train, args.grad_ckpt, args.iters, args.warmup, compare=args.compare,
                       optimizer=args.optimizer, optim_impl=args.optim_impl, compile_step=args.compile_step,
-                      compile_backend=args.compile_backend,
+                      compile_backend=args.compile_backend, compile_mode=args.compile_mode,
                       memory=not args.no_memory, device=str(device), overrides=model_sets(args))
     cfg.validate()
     peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device)

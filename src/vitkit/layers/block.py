@@ -55,6 +55,8 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
-        y = x[:, :num_queries]  # (B, n, D); all N tokens if None
+        # (B, n, D); all N tokens if None. A copy when sliced: inductor's int8 fusion (torch 2.14,
+        # torchao 0.18) computes the sliced residual wrongly under freezing; x itself needs none.
+        y = x[:, :num_queries].contiguous()
         y = y + self.drop_path1(self.ls1(self.attn(self.norm1(x), num_queries)))
         return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))

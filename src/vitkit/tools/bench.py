@@ -45,6 +45,7 @@ from vitkit.tools.quantize import quantize_static_int8
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8, "int8-static": torch.int8}
 INT8 = ("int8", "int8-static")  # dynamic: activations quantized per batch; static: calibrated scales
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZERS = {"sgd": (torch.optim.SGD, {"lr": 1e-4, "momentum": 0.9}),
               "adamw": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.05})}
 
@@ -156,6 +157,7 @@ class BenchConfig:
     optim_impl: str = "auto"  # its kernel: auto, fused, foreach, for-loop
     compile_step: bool = False  # torch.compile the whole training step (forward, backward, update)
     compile_backend: str = "inductor"  # torch.compile's backend (eager: trace only, for tests)
+    compile_mode: str = "default"  # torch.compile's mode: default or max-autotune (inductor's GEMM templates)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -173,6 +175,11 @@ class BenchConfig:
         if self.compile_step and (not self.train or self.compile):
             raise VitkitError("--compile-step compiles a training step (with --train), the model's forward "
                               "included; use it without --compile (or --compile alone for inference)")
+        if self.compile_mode not in COMPILE_MODES:
+            raise VitkitError(f"unknown compile mode '{self.compile_mode}'; choose one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not (self.compile or self.compile_step or self.dtype == "int8-static"):
+            raise VitkitError(f"--compile-mode {self.compile_mode} needs something compiled: "
+                              "--compile, --compile-step or --dtype int8-static")
         if self.compare not in (None, "timm"):
             raise VitkitError(f"cannot compare with '{self.compare}'; the only reference is 'timm'")
 
@@ -218,7 +225,7 @@ def make_step(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[
         loss.backward()
         opt.step()
         return loss
-    step = torch.compile(train, backend=cfg.compile_backend) if cfg.compile_step else train
+    step = torch.compile(train, backend=cfg.compile_backend, mode=cfg.compile_mode) if cfg.compile_step else train
     step.optimizer = opt  # what the step updates with (for inspection)
     return step
 
@@ -250,14 +257,14 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
     if cfg.dtype == "int8":
         model = quantize_linear_int8(model)
     if cfg.dtype == "int8-static":  # calibrated on the bench batch itself; always compiled (int8 kernels)
-        return quantize_static_int8(model, [x]), x, model
+        return quantize_static_int8(model, [x], mode=cfg.compile_mode), x, model
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if cfg.compile and not cfg.train:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # inference: fold weights into the graph (oneDNN prepacking)
-    runnable = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
+    runnable = torch.compile(model, backend=cfg.compile_backend, mode=cfg.compile_mode) if cfg.compile else model
     return runnable, x, model
 
 

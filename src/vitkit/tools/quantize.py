@@ -28,21 +28,6 @@ from torch import nn
 from vitkit.errors import VitkitError
 
 
-class _Logits(nn.Module):
-    """``forward_head(forward_features(x))``: the plain path of a backbone-contract model.
-
-    A class-token ViT's ``forward`` runs its last block for the class token's row only (a slice
-    of the residual stream); inductor's int8 fusion passes (torch 2.14 / torchao 0.18) compute
-    that graph wrongly under freezing, so the quantized graph is captured from the plain path."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        return self.model.forward_head(self.model.forward_features(x))
-
-
 class _Frozen(nn.Module):
     """Runs a compiled graph with inductor freezing on (compiling happens at the first call)."""
 
@@ -73,9 +58,7 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor])
         raise VitkitError("static int8 needs at least one calibration batch")
     if batches[0].ndim != 4 or batches[0].shape[0] < 2:
         raise VitkitError(f"calibration batches must be (B, C, H, W) with B >= 2, got {tuple(batches[0].shape)}")
-    model = model.eval()
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        model = _Logits(model).eval()
+    model = model.eval()  # its forward: a class-token ViT's last block computes the class token only
     prepare_pt2e, convert_pt2e, xiq = _pt2e()
     quantizer = xiq.X86InductorQuantizer()
     reduce_range = not torch.cpu._is_vnni_supported()
@@ -90,21 +73,23 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor])
         return convert_pt2e(prepared)
 
 
-def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor], compile: bool = True) -> nn.Module:
+def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor], compile: bool = True,
+                         mode: str = "default") -> nn.Module:
     """Static int8 inference model (steps 1-5); ``compile=False`` returns the eager reference graph.
-    CPU only; inference only. The first call of the compiled model compiles it (tens of seconds)."""
+    CPU only; inference only. The first call of the compiled model compiles it (tens of seconds;
+    minutes with ``mode="max-autotune"``, which also times inductor's own GEMM kernels)."""
     converted = convert_static_int8(model, calib_batches)
     if not compile:
         return converted
-    return compile_frozen(converted)
+    return compile_frozen(converted, mode)
 
 
-def compile_frozen(model: nn.Module) -> nn.Module:
+def compile_frozen(model: nn.Module, mode: str = "default") -> nn.Module:
     """``torch.compile`` for inference with inductor freezing: weights become graph constants, so
     they are prepacked once for oneDNN (fp32 / bf16) and int8 patterns lower to int8 kernels.
     Shapes are static (one compile per batch size): with a symbolic batch size, inductor's int8
     convolution (a conv stem) expects the wrong memory layout in torch 2.14."""
-    return _Frozen(torch.compile(model, dynamic=False))
+    return _Frozen(torch.compile(model, dynamic=False, mode=mode))
 
 
 def graph_targets(graph: torch.fx.GraphModule) -> list[str]:
