@@ -70,7 +70,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    headers = ["recipe", "model", "epochs", "threads", "test top-1 (%)", "wall s", "target", "met",
+    headers = ["recipe", "model", "epochs (at most)", "threads", "test top-1 (%)", "wall s", "target", "met",
                "train img/s", "load avg"]
     body = [[r["recipe"], r["model"] + (f" {r['model_overrides']}" if r["model_overrides"] else ""), r["epochs"],
              r["threads"] or "default", f"{100 * r['top1']:.2f}", f"{r['wall_s']:.0f}",

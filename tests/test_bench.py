@@ -181,6 +181,20 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     assert seen == ["max-autotune", "max-autotune"]
 
 
+def test_int8_static_peak_is_its_own_kernel(monkeypatch):
+    """The int8-static mode's peak comes from a compiled static-int8 Linear, not torch._int_mm,
+    and is a positive rate of 2 n^3 operations per product."""
+    pytest.importorskip("torchao")
+    from vitkit.tools import bench
+
+    monkeypatch.setattr(torch, "_int_mm", lambda *a: pytest.fail("_int_mm is not this mode's kernel"))
+    calls = []
+    real = bench.quantize_static_int8
+    monkeypatch.setattr(bench, "quantize_static_int8", lambda m, b, **k: calls.append(b[0].shape) or real(m, b, **k))
+    assert bench.mode_peak("int8-static", n=64) > 0
+    assert calls == [torch.Size([2, 1, 32, 64])]
+
+
 def test_int8_static_runs_compiled_and_counts_fp32_flops():
     """int8-static bench: the calibrated, compiled int8 model runs; FLOPs and parameter count are
     the fp32 model's; training, channels-last and non-CPU devices are refused."""

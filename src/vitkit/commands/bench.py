@@ -72,7 +72,7 @@ def run(args) -> int:
 
     import torch
 
-    from vitkit.tools.bench import DTYPES, BenchConfig, matmul_peak, run_bench
+    from vitkit.tools.bench import BenchConfig, mode_peak, run_bench
 
     device = device_of(args)
     cfg = BenchConfig(args.model, args.batch_size, args.img_size, args.dtype, args.channels_last, args.compile,
@@ -81,9 +81,9 @@ def run(args) -> int:
                       compile_backend=args.compile_backend, compile_mode=args.compile_mode,
                       memory=not args.no_memory, device=str(device), overrides=model_sets(args))
     cfg.validate()
-    peak = matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device)
+    peak = mode_peak(cfg.dtype, n=args.peak_n, device=cfg.device)
     results = run_bench(cfg, peak)
-    peak = max(peak, matmul_peak(DTYPES[cfg.dtype], n=args.peak_n, device=cfg.device))  # best of before/after
+    peak = max(peak, mode_peak(cfg.dtype, n=args.peak_n, device=cfg.device))  # best of before/after
     results = [r._replace(peak_fraction=r.achieved_flops / peak) for r in results]
     _print(cfg, results, peak)
     if args.json:

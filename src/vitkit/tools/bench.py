@@ -134,6 +134,40 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5
     return 2 * n**3 / best
 
 
+class _SquareLinear(nn.Module):
+    """(2, 1, n / 2, n) -> one n x n Linear on its n rows: an image-shaped input for the quantizer."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.linear = n, nn.Linear(n, n, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.reshape(-1, self.n))  # (n, n)
+
+
+def static_int8_peak(n: int = 2048, reps: int = 5) -> float:
+    """The practical peak of the ``int8-static`` mode: best of ``reps`` n x n x n products by a
+    calibrated, compiled int8 Linear (oneDNN's ``qlinear_pointwise``, the kernel quantized models
+    run), as int8 operations/s (2 n^3 each). CPU only. On CPUs without VNNI ``torch._int_mm`` is not
+    a vectorised kernel, so it does not measure what this mode can reach."""
+    n = max(2, n - n % 2)
+    x = torch.randn(2, 1, n // 2, n, generator=torch.Generator().manual_seed(0))
+    q = quantize_static_int8(_SquareLinear(n).eval(), [x])
+    with torch.inference_mode():
+        q(x)  # compiles
+        best = min(time_steps(lambda: q(x), reps, 1, "cpu"))
+    return 2 * n**3 / best
+
+
+def mode_peak(dtype: str, n: int = 2048, device: str = "cpu") -> float:
+    """The peak that a ``--dtype`` mode's achieved FLOP/s is a fraction of (see :func:`matmul_peak`)."""
+    if dtype == "int8-static":
+        with warnings.catch_warnings():  # inductor's constant-folding notices
+            warnings.simplefilter("ignore")
+            return static_int8_peak(n)
+    return matmul_peak(DTYPES[dtype], n=n, device=device)
+
+
 # ---------------------------------------------------------------- model steps
 @dataclass(frozen=True)
 class BenchConfig:
@@ -320,7 +354,7 @@ def build_models(cfg: BenchConfig) -> list[tuple[str, nn.Module]]:
 def run_bench(cfg: BenchConfig, peak_flops: float | None = None) -> list[BenchResult]:
     """Benchmark the model (and its reference), interleaving rounds so load hits both alike."""
     cfg.validate()
-    peak_flops = peak_flops or matmul_peak(DTYPES[cfg.dtype], device=cfg.device)
+    peak_flops = peak_flops or mode_peak(cfg.dtype, device=cfg.device)
     models = build_models(cfg)
     x = input_batch(models[0][1], cfg)
     runners = [make_runner(label, m, x, cfg, peak_flops) for label, m in models]
