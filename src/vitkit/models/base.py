@@ -188,7 +188,6 @@ class VitkitModel(nn.Module):
         """``indices`` as sorted absolute positions in ``feature_info`` (see :func:`take_indices`)."""
         return take_indices(indices, len(self.feature_info))
 
-
     def stage_intermediates(self, x: torch.Tensor, indices: Indices, output_fmt: str, stop_early: bool,
                             intermediates_only: bool):
         """:meth:`forward_intermediates` of a CNN whose ``_stages(x, n)`` returns its first n stage
