@@ -33,8 +33,7 @@ RECIPES: dict[str, RunConfig] = {
     "fmnist_vit_fast": RunConfig(
         model="vit_tiny_convstem_28", data=DataConfig(name="fashion-mnist", augment="none"),
         optim=OptimConfig(lr=2e-3, weight_decay=0.05), schedule=ScheduleConfig(warmup_epochs=1.5, time_budget_s=545),
-        epochs=14, batch_size=128, label_smoothing=0.1, threads=2,
-        out_dir="runs/fmnist_vit_fast"),
+        epochs=14, batch_size=128, label_smoothing=0.1, threads=2, out_dir="runs/fmnist_vit_fast"),
     # <= 2 hours on 2 cores: the schedule follows 6,800 s of training time (about 30 epochs where a step of
     # vit_mini_convstem_28 runs at ~270 img/s); the rest of the 2 hours is start-up and the test evaluations
     # every second epoch (the learning curve). Crop + flip only: with label smoothing and drop-path on top,
