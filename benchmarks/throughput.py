@@ -21,9 +21,10 @@ import common  # noqa: E402
 
 _VIT = dict(class_token=False, global_pool="avg", mlp_ratio=2.0)
 CONFIGS = [  # label, model, overrides, threads, precision
-    ("vit_tiny_convstem_28 (fmnist_vit_fast)", "vit_tiny_convstem_28", {}, 2, "fp32"),
-    ("vit_tiny_convstem_28 (fmnist_vit_fast)", "vit_tiny_convstem_28", {}, 1, "fp32"),
-    ("vit_tiny_convstem_28 (fmnist_vit_fast)", "vit_tiny_convstem_28", {}, 1, "bf16"),
+    ("vit_tiny_convstem7_28 (fmnist_vit_fast)", "vit_tiny_convstem7_28", {}, 2, "fp32"),
+    ("vit_tiny_convstem_28 (3-conv ViT_C stem)", "vit_tiny_convstem_28", {}, 2, "fp32"),
+    ("vit_tiny_convstem_28 (3-conv ViT_C stem)", "vit_tiny_convstem_28", {}, 1, "fp32"),
+    ("vit_tiny_convstem_28 (3-conv ViT_C stem)", "vit_tiny_convstem_28", {}, 1, "bf16"),
     ("vit_tiny_patch7_28 (patch 7, 16 tokens)", "vit_tiny_patch7_28", {}, 2, "fp32"),
     ("patch 4, 128 wide, 4 deep (49 tokens)", "vit_mini_patch4_28", dict(_VIT, embed_dim=128, depth=4, num_heads=4), 2,
      "fp32"),

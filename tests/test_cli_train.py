@@ -115,8 +115,8 @@ def test_print_config_and_recipes(capsys):
     assert main(["train", "--recipe", "fmnist_vit_fast", "--set", "optim.lr=5e-4", "model.depth=2",
                  "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["optim"]["lr"] == 5e-4 and cfg["model"] == to_dict(get_config("vit_tiny_convstem_28", depth=2))
-    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model_name"] == "vit_tiny_convstem_28"
+    assert cfg["optim"]["lr"] == 5e-4 and cfg["model"] == to_dict(get_config("vit_tiny_convstem7_28", depth=2))
+    assert cfg["data"]["name"] == "fashion-mnist" and cfg["model_name"] == "vit_tiny_convstem7_28"
 
 
 def test_distillation_from_a_trained_teacher(run_dir, tmp_path):

@@ -114,7 +114,9 @@ def test_load_at_another_image_size_resamples(tmp_path):
         (lambda: vitkit.create_model("vit_test")(torch.randn(3, 16, 16)), r"\(B, C, H, W\)"),
         (lambda: vitkit.create_model("vit_test", img_size=18), "not divisible by the patch size"),
         (lambda: vitkit.create_model("vit_test", hybrid_backbone="vgg"), "unknown hybrid backbone"),
-        (lambda: vitkit.create_model("vit_test", conv_stem=(8, 16, 32)), "3 stride-2 convs.*patch_size is 4"),
+        (lambda: vitkit.create_model("vit_test", conv_stem=(8, 16, 32)), "total stride 8 but patch_size is 4"),
+        (lambda: vitkit.create_model("vit_convstem_test", conv_stem_strides=(2,)), "each of the 2 conv_stem convs"),
+        (lambda: vitkit.create_model("vit_convstem_test", conv_stem_strides=(2, 3)), "a stride of 1 or 2"),
         (lambda: vitkit.create_model("vit_convstem_test", hybrid_backbone="resnet18"), "either conv_stem or hybrid"),
     ],
 )
@@ -180,6 +182,19 @@ def test_conv_stem_any_size_rounds_up_and_matches_its_layers():
     maps = model.patch_embed.stem(x)  # (B, D, 4, 4)
     torch.testing.assert_close(tokens, maps.flatten(2).transpose(1, 2))
     assert model(torch.randn(1, 3, 30, 21)).shape == (1, 5)  # 4x3 grid: E_pos resampled
+
+
+def test_conv_stem_strides_keep_resolution_where_the_stride_is_1():
+    """ViT_C stem with stride-1 convs between the stride-2 ones: the grid follows the product of the strides."""
+    model = vitkit.create_model("vit_convstem_test", img_size=28, patch_size=4, conv_stem=(4, 4, 8),
+                                conv_stem_strides=(2, 1, 2)).eval()
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [m.stride[0] for m in convs] == [2, 1, 2, 1]  # the last is the 1x1 projection to D
+    assert model.grid == (7, 7) and model.patch_embed.grid(30, 21) == (8, 6)
+    x = torch.randn(2, 3, 30, 21)
+    tokens, grid = model.patch_embed(x)
+    assert grid == (8, 6) and tokens.shape == (2, 48, 32)
+    assert model(x).shape == (2, 5)
 
 
 @pytest.mark.parametrize("name, overrides", [

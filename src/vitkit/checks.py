@@ -105,6 +105,7 @@ NAME_RULES: dict[str, Rule] = {
     "num_heads": COUNT, "patch_size": COUNT, "mlp_ratio": POSITIVE, "norm_eps": POSITIVE,
     "drop_rate": UNIT_OPEN, "attn_drop_rate": UNIT_OPEN, "drop_path_rate": UNIT_OPEN,
     "init_values": optional(POSITIVE), "hybrid_stages": COUNT, "conv_stem": each(COUNT),
+    "conv_stem_strides": each(COUNT),
     "base_width": COUNT, "num_modules": optional(COUNT), "fpn_dim": COUNT, "head_dim": COUNT,
     "decoder_dim": COUNT, "num_tokens": COUNT, "token_channels": optional(COUNT), "pos_grid": COUNT,
     "pos_channels": COUNT, "qk_ratio": POSITIVE, "ffn_ratio": POSITIVE,

@@ -1,6 +1,8 @@
 """Patch embedding (ViT eq. 1: x_p^i E) and the hybrid CNN-feature patch source."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx
 from torch import nn
@@ -74,27 +76,29 @@ class HybridEmbed(nn.Module):
 
 class ConvStemEmbed(nn.Module):
     """Convolutional stem in place of the patchify layer (ViT_C, Xiao et al. 2021, "Early
-    Convolutions Help Transformers See Better"): one 3x3 stride-2 conv + BN + ReLU per entry
-    of ``channels``, then a 1x1 conv to D. Total stride 2^len(channels); each stride-2 conv
-    rounds up, so any image size works (28 px with 3 convs -> a 4x4 grid).
+    Convolutions Help Transformers See Better"): one 3x3 conv + BN + ReLU per entry of
+    ``channels``, with the matching entry of ``strides`` (1 or 2; default: all 2), then a
+    1x1 conv to D. Total stride = the product of the strides; each stride-2 conv rounds up,
+    so any image size works (28 px with 3 stride-2 convs -> a 4x4 grid).
     """
 
-    def __init__(self, channels: tuple[int, ...], in_chans: int, embed_dim: int):
+    def __init__(self, channels: tuple[int, ...], in_chans: int, embed_dim: int,
+                 strides: tuple[int, ...] = ()):
         super().__init__()
+        self.strides = tuple(strides) or (2,) * len(channels)
         layers, c = [], in_chans
-        for out in channels:
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
+        for out, stride in zip(channels, self.strides, strict=True):
+            layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),
                        nn.ReLU(inplace=True)]
             c = out
         layers.append(nn.Conv2d(c, embed_dim, kernel_size=1))
         self.stem = nn.Sequential(*layers)
         self.in_chans = in_chans
-        self.num_convs = len(channels)
-        self.patch_size = (2 ** self.num_convs,) * 2
+        self.patch_size = (math.prod(self.strides),) * 2
 
     def grid(self, h: int, w: int) -> tuple[int, int]:
-        for _ in range(self.num_convs):
-            h, w = -(-h // 2), -(-w // 2)  # ceil: 3x3, stride 2, padding 1
+        for stride in self.strides:
+            h, w = -(-h // stride), -(-w // stride)  # ceil: 3x3, padding 1
         return h, w
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
