@@ -26,7 +26,7 @@ RECIPES: dict[str, RunConfig] = {
     # 10-minute budget on 2 quiet cores (benchmarks/fmnist_vit.py): a ViT_C conv stem (16 tokens) learned more per
     # second than patchify stems (2 epochs: 89.3% vs 85.9% for patch 7) and than 49 tokens. No augmentation: crop +
     # flip + label smoothing under-fit at 11 epochs (90.4%). The schedule follows training time (545 s; the rest of
-    # the 600 s is start-up and evaluation), so the recipe takes 10 minutes on any CPU (~4.5 epochs at ~470 img/s).
+    # the 600 s is start-up and evaluation), so the recipe takes 10 minutes on any CPU (~4.2 epochs at ~470 img/s).
     # Measured at that budget (docs/results.md): a stride-1 conv at each resolution of the stem (7 convs) +1.4 points
     # over 3 stride-2 convs; layer-scale and a 1.5-epoch warm-up +0.2-0.3 each, label smoothing 0.1 about +0.1;
     # EMA, flips, lr 3e-3 and batch 64 did not help. Channels-last: 10-19% faster steps for the conv stem.
