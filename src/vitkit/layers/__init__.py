@@ -3,7 +3,7 @@ from vitkit.layers.attention import Attention
 from vitkit.layers.block import Block, DropPath, LayerScale
 from vitkit.layers.helpers import to_2tuple
 from vitkit.layers.mlp import Mlp
-from vitkit.layers.patch_embed import ConvStemEmbed, HybridEmbed, PatchEmbed
+from vitkit.layers.patch_embed import ConvStemEmbed, HybridEmbed, PatchEmbed, stem_strides
 from vitkit.layers.pos_embed import resample_pos_embed
 from vitkit.layers.resnet import ResNetTrunk
 from vitkit.layers.vt import (
@@ -19,6 +19,6 @@ from vitkit.layers.vt import (
 )
 
 __all__ = ["Attention", "Block", "DropPath", "LayerScale", "Mlp", "PatchEmbed", "HybridEmbed", "ConvStemEmbed",
-           "ResNetTrunk", "resample_pos_embed", "to_2tuple",
+           "stem_strides", "ResNetTrunk", "resample_pos_embed", "to_2tuple",
            "FilterTokenizer", "PoolingTokenizer", "Projector", "RecurrentTokenizer", "TokenPositionEncoding",
            "TokenTransformer", "VTConfig", "VTModule", "VTStack"]

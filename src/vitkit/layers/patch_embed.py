@@ -74,6 +74,11 @@ class HybridEmbed(nn.Module):
         return self.patch(self.backbone(x))  # (B, N, D), grid
 
 
+def stem_strides(channels: tuple[int, ...], strides: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The stride of each ViT_C stem conv: ``strides`` as given, or stride 2 for every entry of ``channels``."""
+    return tuple(strides) or (2,) * len(channels)
+
+
 class ConvStemEmbed(nn.Module):
     """Convolutional stem in place of the patchify layer (ViT_C, Xiao et al. 2021, "Early
     Convolutions Help Transformers See Better"): one 3x3 conv + BN + ReLU per entry of
@@ -85,7 +90,7 @@ class ConvStemEmbed(nn.Module):
     def __init__(self, channels: tuple[int, ...], in_chans: int, embed_dim: int,
                  strides: tuple[int, ...] = ()):
         super().__init__()
-        self.strides = tuple(strides) or (2,) * len(channels)
+        self.strides = stem_strides(channels, strides)
         layers, c = [], in_chans
         for out, stride in zip(channels, self.strides, strict=True):
             layers += [nn.Conv2d(c, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),

@@ -20,7 +20,7 @@ from torch import nn
 
 from vitkit.config import image_size
 from vitkit.errors import VitkitError
-from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed
+from vitkit.layers import Block, ConvStemEmbed, HybridEmbed, PatchEmbed, resample_pos_embed, stem_strides
 from vitkit.layers.helpers import drop_path_ramp, maybe_checkpoint
 from vitkit.models.base import FeatureInfo, FeatureInfoList, Indices, VitkitModel
 from vitkit.models.catalog import register_family, register_presets
@@ -82,7 +82,7 @@ class ViTConfig:
     def _validate_conv_stem(self) -> None:
         if self.hybrid_backbone:
             raise VitkitError("choose either conv_stem or hybrid_backbone, not both")
-        strides = self.conv_stem_strides or (2,) * len(self.conv_stem)
+        strides = stem_strides(self.conv_stem, self.conv_stem_strides)
         if len(strides) != len(self.conv_stem) or any(s not in (1, 2) for s in strides):
             raise VitkitError(f"conv_stem_strides must give a stride of 1 or 2 for each of the {len(self.conv_stem)} "
                               f"conv_stem convs, got {tuple(strides)}")
@@ -333,7 +333,7 @@ def _small_image_presets() -> dict[str, ViTConfig]:
         "vit_mini_patch2_8": ViTConfig(img_size=8, patch_size=2, in_chans=1, embed_dim=128, depth=4, num_heads=4,
                                        num_classes=10),
         "vit_mini_patch4_28": ViTConfig(img_size=28, patch_size=4, in_chans=1, **mini),
-        # recipe fmnist_vit_fast: 16 tokens of 7x7, mean-pooled; sized for a 10-minute budget on 2 busy cores
+        # patchify baseline of the fast recipe's stem comparison: 16 tokens of 7x7, mean-pooled
         "vit_tiny_patch7_28": ViTConfig(patch_size=7, embed_dim=128, depth=4, num_heads=4, **fmnist),
         # ViT_C stem (3 stride-2 convs, 28 -> 14 -> 7 -> 4), 16 tokens, 128 wide, 4 deep, layer-scale 0.1
         # (CaiT; +0.3 points at the fast recipe's 6 epochs)
