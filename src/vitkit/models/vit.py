@@ -339,12 +339,12 @@ def _small_image_presets() -> dict[str, ViTConfig]:
         # (CaiT; +0.3 points at the fast recipe's 6 epochs)
         "vit_tiny_convstem_28": ViTConfig(patch_size=8, conv_stem=(32, 64, 128), embed_dim=128, depth=4,
                                           num_heads=4, init_values=0.1, **fmnist),
-        # recipe fmnist_vit_fast: a deeper ViT_C stem, a stride-1 3x3 conv at each resolution (28, 14, 7, 4 px;
-        # 7 convs in all) on the same 16-token encoder
+        # recipes fmnist_vit_fast and fmnist_vit_long: a deeper ViT_C stem, a stride-1 3x3 conv at each
+        # resolution (28, 14, 7, 4 px; 7 convs in all) on the same 16-token encoder
         "vit_tiny_convstem7_28": ViTConfig(patch_size=8, conv_stem=(16, 32, 32, 64, 64, 128, 128),
                                            conv_stem_strides=(1, 2, 1, 2, 1, 2, 1), embed_dim=128, depth=4,
                                            num_heads=4, init_values=0.1, **fmnist),
-        # recipe fmnist_vit_long: wider ViT_C stem and a 192-wide, 6-deep encoder on the same 4x4 token grid
+        # a wider ViT_C stem and a 192-wide, 6-deep encoder on the same 4x4 token grid
         "vit_mini_convstem_28": ViTConfig(patch_size=8, conv_stem=(48, 96, 192), embed_dim=192, depth=6,
                                           num_heads=6, **fmnist),
         "vit_mini_patch2_28": ViTConfig(img_size=28, patch_size=2, in_chans=1, **mini),
