@@ -330,3 +330,61 @@ def test_batched_crop_flip_is_a_per_image_crop_of_the_padded_image():
     transform = ClassificationTransform(cfg, Preprocess(6, 1, (0.4,), (0.2,)), train=True)
     ds = ArrayDataset(images[:, :1], torch.zeros(32), transform)
     assert not isinstance(ds.__getitems__([0, 1]), Batch)
+
+
+def _erased_boxes(out: torch.Tensor, images: torch.Tensor) -> list[tuple[int, int] | None]:
+    """(height, width) of the one changed rectangle per image, None when nothing changed; asserts
+    that the changed pixels fill their bounding box in every channel."""
+    boxes = []
+    for changed in (out != images):  # (C, H, W) per image
+        if not changed.any():
+            boxes.append(None)
+            continue
+        rows, cols = changed.any(0).any(1).nonzero()[:, 0], changed.any(0).any(0).nonzero()[:, 0]
+        box = changed[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all(), "the erased pixels are not one full rectangle in every channel"
+        boxes.append((len(box[0]), len(box[0, 0])))
+    return boxes
+
+
+def test_random_erasing_replaces_one_rectangle_with_noise():
+    """Zhong et al.: with probability p one rectangle of 2-33% of the area (aspect 0.3-3.3, sides
+    rounded, so up to half a pixel more per side) becomes N(0, 1) noise; p=0 leaves the batch alone."""
+    from vitkit.data.transforms import ERASE_AREA, random_erase_batch
+
+    images = torch.full((200, 3, 28, 28), 10.0)  # N(0, 1) noise never lands on 10 exactly in practice
+    assert torch.equal(random_erase_batch(images, 0.0), images)
+    torch.manual_seed(0)
+    out = random_erase_batch(images, 1.0)
+    area_max = ERASE_AREA[1] * 28 * 28
+    bound = area_max + 0.5 * ((area_max / 0.3) ** 0.5 + (area_max * 0.3) ** 0.5) + 0.25  # (sqrt(Aa)+.5)(sqrt(A/a)+.5)
+    boxes = _erased_boxes(out, images)
+    assert all(b is not None and 1 <= b[0] * b[1] <= bound for b in boxes)
+    noise = out[out != images]
+    assert abs(noise.mean().item()) < 0.1 and abs(noise.std().item() - 1) < 0.1  # >= 200 * 16 * 3 samples
+    torch.manual_seed(1)
+    half = _erased_boxes(random_erase_batch(images, 0.5), images)
+    assert 60 < sum(b is not None for b in half) < 140  # Binomial(200, 0.5): 6 standard deviations either side
+    torch.manual_seed(1)
+    assert _erased_boxes(random_erase_batch(images, 0.5), images) == half
+
+
+def test_random_erasing_applies_to_training_items_only():
+    """Both the batched and the item-by-item path erase training images; evaluation never does;
+    segmentation refuses the setting."""
+    from vitkit.data.datasets import ArrayDataset, Batch
+    from vitkit.data.transforms import ClassificationTransform, SegmentationTransform
+    from vitkit.errors import VitkitError
+
+    images = torch.full((16, 1, 8, 8), 255, dtype=torch.uint8)
+    pre, cfg = Preprocess(8, 1, (0.5,), (0.25,)), DataConfig(name="digits", augment="none", random_erasing=1.0)
+    clean = (1.0 - 0.5) / 0.25
+    train = ArrayDataset(images, torch.zeros(16), ClassificationTransform(cfg, pre, train=True))
+    batch = train.__getitems__(list(range(16)))
+    assert isinstance(batch, Batch)
+    assert all(b is not None for b in _erased_boxes(batch[0], torch.full_like(batch[0], clean)))
+    assert (train[0][0] != clean).any()
+    val = ArrayDataset(images, torch.zeros(16), ClassificationTransform(cfg, pre, train=False))
+    assert (val.__getitems__(list(range(16)))[0] == clean).all()
+    with pytest.raises(VitkitError, match="random_erasing is for classification"):
+        SegmentationTransform(cfg, pre, train=True)

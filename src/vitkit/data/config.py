@@ -33,6 +33,7 @@ class DataConfig:
     randaugment_magnitude: int = 9
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    random_erasing: float = 0.0  # probability of erasing one random rectangle per training image (Zhong et al.)
     limit_train: int | None = None  # keep a seeded subset of N training items (quick runs)
     limit_val: int | None = None
     canvas_size: int = 64
@@ -45,7 +46,8 @@ class DataConfig:
         "crop_padding": NON_NEGATIVE_INT, "crop_pct": optional(number(0, 1, lo_open=True)),
         "crop_scale": each(number(0, 1, lo_open=True), length=2), "randaugment_ops": NON_NEGATIVE_INT,
         "randaugment_magnitude": number(0, 30, integer=True), "mixup_alpha": NON_NEGATIVE,
-        "cutmix_alpha": NON_NEGATIVE, "limit_train": optional(COUNT), "limit_val": optional(COUNT),
+        "cutmix_alpha": NON_NEGATIVE, "random_erasing": number(0, 1), "limit_train": optional(COUNT),
+        "limit_val": optional(COUNT),
         "canvas_size": SIDE, "canvas_items": COUNT, "canvas_train_size": COUNT, "canvas_val_size": COUNT,
     }
 
