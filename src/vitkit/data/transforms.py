@@ -1,9 +1,9 @@
 """Per-item transforms (torchvision.transforms.v2 on tensors), normalisation stats, MixUp/CutMix.
 
 Training augmentation: random crop with zero padding + horizontal flip ("basic", the CIFAR
-recipe), optionally RandAugment (Cubuk et al. 2020), then random erasing (Zhong et al. 2020) on the
-normalised image. Batch-level MixUp (Zhang et al. 2018)
-and CutMix (Yun et al. 2019) are a ``batch_transform`` applied by the trainer.
+recipe), optionally RandAugment (Cubuk et al. 2020), then random erasing (Zhong et al. 2020) on
+the normalised image. Batch-level MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) are a
+``batch_transform`` applied by the trainer.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))  # log of the height/width
 def random_erase_batch(images: torch.Tensor, p: float) -> torch.Tensor:
     """(B, C, H, W) normalised -> (B, C, H, W): with probability ``p`` per image, one rectangle of
     area ``ERASE_AREA`` and aspect ``ERASE_LOG_ASPECT`` (clamped to the image) becomes N(0, 1) noise,
-    per pixel and channel (Random Erasing, Zhong et al. 2020; timm's "pixel" mode). One draw for the batch."""
+    per pixel and channel (Random Erasing, Zhong et al. 2020; timm's "pixel" mode). One draw for the batch:
+    torchvision's ``v2.RandomErasing`` erases the same rectangle in every image of a batch tensor."""
     b, _, h, w = images.shape
     r = torch.rand(b, 5)  # (B, 5): apply, area, aspect, top, left
     area = h * w * (ERASE_AREA[0] + r[:, 1] * (ERASE_AREA[1] - ERASE_AREA[0]))
