@@ -126,7 +126,7 @@ def test_predict_on_fuzzed_files_reports_per_file(tiny_model, tmp_path_factory, 
 
 # ---------------------------------------------------------------- config values and --set strings
 RUN_KEYS = ["epochs", "batch_size", "eval_batch_size", "grad_accum", "clip_grad", "label_smoothing", "workers",
-            "threads", "eval_every", "seed", "precision", "optim.lr", "optim.weight_decay", "optim.betas",
+            "threads", "eval_every", "tta", "seed", "precision", "optim.lr", "optim.weight_decay", "optim.betas",
             "optim.eps", "schedule.warmup_epochs", "schedule.warmup_steps", "schedule.min_lr_ratio",
             "schedule.time_budget_s", "ema.decay", "distill.alpha", "distill.tau", "data.img_size", "data.val_fraction",
             "data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.random_erasing", "data.limit_train",
@@ -160,7 +160,8 @@ def _interval(lo: float, hi: float, hi_open: bool = False):
 VALID = {
     "epochs": _count(), "batch_size": _count(), "eval_batch_size": _count(), "grad_accum": _count(),
     "clip_grad": lambda v: v is None or (_finite(v) and v > 0), "label_smoothing": _interval(0, 1, True),
-    "workers": _count(0), "threads": _count(0), "eval_every": _count(), "optim.lr": lambda v: _finite(v) and v > 0,
+    "workers": _count(0), "threads": _count(0), "eval_every": _count(), "tta": lambda v: v in ("none", "hflip"),
+    "optim.lr": lambda v: _finite(v) and v > 0,
     "optim.weight_decay": lambda v: _finite(v) and v >= 0, "optim.eps": lambda v: _finite(v) and v > 0,
     "optim.betas": lambda v: len(v) == 2 and all(_interval(0, 1, True)(b) for b in v),
     "schedule.warmup_epochs": lambda v: _finite(v) and v >= 0,

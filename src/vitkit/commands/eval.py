@@ -16,23 +16,35 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="where to write confusion.png and metrics (default: RUN_DIR/plots)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--tta", choices=("none", "hflip"), default=None,
+                   help="test-time augmentation: hflip predicts from the mean class probabilities of each image "
+                        "and its mirror image (default: the run's `tta`, else none)")
     add_device_option(p)
+
+
+def saved_run(args):
+    """The training run's config when ``args.model`` is a run dir; None otherwise (a
+    save_pretrained dir or a hub spec has none)."""
+    from pathlib import Path
+
+    from vitkit.engine.run_config import CONFIG_FILE, load_run_config
+
+    run_dir = Path(args.model)
+    is_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / "model" / CONFIG_FILE).is_file()
+    return load_run_config(run_dir) if is_run else None
 
 
 def data_config(args, model, sets: dict[str, str]):
     """The run's data config (if a run dir) with --data and the data --set keys on top, at the
     model's input size."""
     import dataclasses
-    from pathlib import Path
 
     from vitkit.config import apply_overrides
     from vitkit.data import DataConfig
-    from vitkit.engine.run_config import CONFIG_FILE, load_run_config
     from vitkit.errors import VitkitError
 
-    run_dir = Path(args.model)
-    is_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / "model" / CONFIG_FILE).is_file()
-    base = load_run_config(run_dir).data if is_run else None  # a save_pretrained dir has no data config
+    saved = saved_run(args)
+    base = saved.data if saved is not None else None
     if base is None and args.data is None:
         raise VitkitError(f"{args.model} is not a training run dir, so its data set is unknown; pass --data NAME")
     base = dataclasses.replace(base or DataConfig(), augment="none", mixup_alpha=0.0, cutmix_alpha=0.0)
@@ -75,10 +87,15 @@ def run(args) -> int:
     default_out = model_dir.parent / "plots" if model_dir.name == "model" else model_dir / "plots"
     default_out = Path("plots") if is_hub_spec(args.model) else default_out  # not into the hub cache
     out = make_dir(Path(args.out) if args.out else default_out)
-    metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index)
+    saved = saved_run(args)
+    tta = args.tta or (saved.tta if saved is not None else "none")
+    metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index,
+                       tta=tta)
     if not math.isfinite(metrics["loss"]):
         raise VitkitError(f"the model's outputs are NaN or inf on this data (loss {metrics['loss']}); "
                           "check its weights and the preprocess values in its config.json")
+    if tta != "none":
+        print(f"test-time augmentation: {tta}", file=sys.stderr if args.json else sys.stdout)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics, list(bundle.class_names)))
     plot_confusion(metrics["confusion"], list(bundle.class_names), out / f"confusion_{args.split}.png")
     # with --json, stdout holds the JSON document only

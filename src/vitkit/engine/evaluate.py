@@ -1,6 +1,8 @@
 """Evaluation: top-1/top-5, per-class accuracy and confusion matrix; pixel accuracy and mIoU."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -8,6 +10,9 @@ from vitkit.engine.device import autocast, model_device, to_device
 from vitkit.engine.distributed import DistInfo, ShardedBatches, all_reduce_, sharded_loader
 from vitkit.engine.losses import split_outputs
 from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_hits, update_confusion
+from vitkit.errors import VitkitError
+
+TTA_MODES = ("none", "hflip")
 
 
 def eval_loader(dataset, batch_size: int, workers: int = 0, info: DistInfo | None = None) -> DataLoader:
@@ -35,28 +40,52 @@ def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Te
     return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
 
 
-def _lockstep(model, loader, done: int, device, precision: str) -> None:
-    """Extra forward passes (results unused) so that every rank runs ``rounds`` of them: a
-    sharded model gathers its weights collectively, in every forward pass of every rank."""
+def check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise VitkitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
+
+
+def eval_logits(model, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's fp32 logits (B, K) or (B, K, h, w); ``tta="hflip"``: the log of the mean class
+    probabilities of each image and its mirror image, log((p(x) + p(flip(x))) / 2), with dense
+    outputs of the mirror image mirrored back. Either way the argmax is the prediction and
+    cross-entropy on the result is the loss."""
+    logits = split_outputs(model(images))[0].float()
+    if tta == "none":
+        return logits
+    mirrored = split_outputs(model(images.flip(-1)))[0].float()
+    dense = logits.dim() == 4
+    mirrored = mirrored.flip(-1) if dense else mirrored
+    log_probs = torch.stack([t.log_softmax(1 if dense else -1) for t in (logits, mirrored)])  # (2, B, K, ...)
+    return torch.logsumexp(log_probs, dim=0) - math.log(2)
+
+
+def _lockstep(model, loader, done: int, device, precision: str, passes: int = 1) -> None:
+    """Extra forward passes (results unused) so that every rank runs ``rounds`` x ``passes`` of
+    them: a sharded model gathers its weights collectively, in every forward pass of every rank."""
     sampler = loader.batch_sampler
     if not isinstance(sampler, ShardedBatches) or done >= sampler.rounds:
         return
     images = to_device(loader.dataset[0][0][None], device)  # (1, C, H, W)
-    for _ in range(sampler.rounds - done):
+    for _ in range((sampler.rounds - done) * passes):
         with autocast(precision, device):
             model(images)
 
 
 @torch.no_grad()
 def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255, precision: str = "fp32",
-             info: DistInfo | None = None, lockstep: bool = False) -> dict:
+             info: DistInfo | None = None, lockstep: bool = False, tta: str = "none") -> dict:
     """Metrics of ``model`` over ``loader`` plus the confusion matrix (rows = truth).
+
+    ``tta="hflip"``: test-time augmentation, each image predicted from the mean class
+    probabilities of it and its mirror image (:func:`eval_logits`; two forward passes).
 
     Counts stay on the model's device. Under torchrun (``info``, a loader from
     :func:`eval_loader`) every rank evaluates its batches and the counts are summed; per-batch
     losses are summed in batch order, so the result equals a one-process evaluation exactly.
     ``lockstep``: ranks with fewer batches run empty rounds (needed for a sharded model).
     """
+    check_tta(tta)
     info = info or DistInfo()
     device = model_device(model)
     was_training = model.training
@@ -67,10 +96,10 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
     for images, target in loader:
         images, target = to_device(images, device), to_device(target, device)
         with autocast(precision, device):
-            logits, _ = split_outputs(model(images))
-        losses.append(_batch_metrics(logits.float(), target, task, conf, counts, ignore_index))
+            logits = eval_logits(model, images, tta)
+        losses.append(_batch_metrics(logits, target, task, conf, counts, ignore_index))
     if lockstep:
-        _lockstep(model, loader, len(losses), device, precision)
+        _lockstep(model, loader, len(losses), device, precision, passes=2 if tta == "hflip" else 1)
     model.train(was_training)
     per_batch = _per_batch_losses(losses, loader, device)
     all_reduce_([conf, counts, per_batch], info)

@@ -270,7 +270,7 @@ def validate(run: Run) -> dict:
     model = run.eval_model()
     loader = eval_loader(run.bundle.val, run.cfg.eval_batch_size, run.cfg.workers, run.info)
     return evaluate(model, loader, run.task, run.bundle.num_classes, run.ignore_index, run.cfg.precision,
-                    run.info, lockstep=D.is_sharded(model))
+                    run.info, lockstep=D.is_sharded(model), tta=run.cfg.tta)
 
 
 def print_epoch(run: Run, row: dict) -> None:

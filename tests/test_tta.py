@@ -1,0 +1,85 @@
+"""Test-time augmentation (``tta="hflip"``): the mean of the class probabilities of each image and
+its mirror image, in ``evaluate``, in training runs and in ``vitkit eval``."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from vitkit import VitkitError, create_model
+from vitkit.cli import main
+from vitkit.engine import trainer
+from vitkit.engine.evaluate import eval_loader, eval_logits, evaluate
+from vitkit.engine.run_config import RunConfig, resolve
+
+TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "64", "data.limit_val": "40",
+        "batch_size": "16", "epochs": "1", "tensorboard": "false", "progress": "false", "threads": "1",
+        "schedule.warmup_steps": "2", "deterministic": "true"}
+
+
+def _metrics(model, images, target, task, classes, tta):
+    return evaluate(model, eval_loader(TensorDataset(images, target), 8), task, classes, tta=tta)
+
+
+def test_hflip_is_the_mean_of_the_two_probabilities():
+    torch.manual_seed(0)
+    model = create_model("vit_test", num_classes=5).eval()
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        got = eval_logits(model, x, "hflip").exp()
+        want = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(eval_logits(model, x), model(x))  # "none": the plain logits
+
+
+@pytest.mark.parametrize("name, task, classes", [("vit_test", "classification", 5),
+                                                 ("vit_seg_test", "segmentation", 3)])
+def test_hflip_predictions_do_not_change_when_the_images_are_mirrored(name, task, classes):
+    """With hflip, a mirrored image (and mirrored mask) gets the same result: the pair {x, flip(x)} is
+    the same set, and dense outputs are mirrored back. Without it, the model sees other pixels."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes).eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        plain, mirrored = eval_logits(model, x), eval_logits(model, x.flip(-1))
+        mirrored_tta = eval_logits(model, x.flip(-1), "hflip")
+        expected = eval_logits(model, x, "hflip")
+    if task == "segmentation":
+        mirrored, mirrored_tta = mirrored.flip(-1), mirrored_tta.flip(-1)
+    assert (plain - mirrored).abs().max() > 1e-3  # the model alone is not mirror-symmetric
+    torch.testing.assert_close(mirrored_tta, expected)
+    y = torch.randint(0, classes, (8, 16, 16) if task == "segmentation" else (8,))
+    mirrored_y = y.flip(-1) if task == "segmentation" else y
+    tta = [_metrics(model, im, t, task, classes, "hflip") for im, t in ((x, y), (x.flip(-1), mirrored_y))]
+    assert tta[0]["confusion"] == tta[1]["confusion"]
+    assert tta[0]["loss"] == pytest.approx(tta[1]["loss"], rel=1e-5)  # fp32 rounding of mirrored sums
+
+
+def test_unknown_tta_is_refused():
+    model = create_model("vit_test", num_classes=5).eval()
+    with pytest.raises(VitkitError, match="unknown test-time augmentation 'vflip'; choose one of none, hflip"):
+        _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), "classification", 5, "vflip")
+    with pytest.raises(VitkitError, match="must be one of"):
+        resolve(RunConfig(model="vit_test"), {"tta": "vflip"})
+
+
+def _eval_cli(argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["eval", *argv])
+    return code, out.getvalue()
+
+
+def test_a_run_with_tta_evaluates_with_it_and_vitkit_eval_follows_the_run(tmp_path):
+    run = tmp_path / "run"
+    cfg = resolve(RunConfig(model="vit_test"), {**TINY, "tta": "hflip", "out_dir": str(run)})
+    metrics = trainer.train(cfg)
+    with_tta, without = (_eval_cli([str(run), "--json", *extra]) for extra in ([], ["--tta", "none"]))
+    assert with_tta[0] == 0 and without[0] == 0
+    by_default, plain = json.loads(with_tta[1]), json.loads(without[1])
+    assert by_default["top1"] == metrics["top1"] and by_default["loss"] == pytest.approx(metrics["loss"], rel=1e-6)
+    assert plain["loss"] != pytest.approx(by_default["loss"], rel=1e-4)  # the run's figures are the TTA ones
