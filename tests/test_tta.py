@@ -1,5 +1,6 @@
-"""Test-time augmentation (``tta="hflip"``): the mean of the class probabilities of each image and
-its mirror image, in ``evaluate``, in training runs and in ``vitkit eval``."""
+"""Test-time augmentation: ``tta="hflip"``, the mean of the class probabilities of each image and
+its mirror image, and ``tta="flip-shift"``, the same over both moved in 4 directions; in
+``evaluate``, in training runs and in ``vitkit eval``."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ from torch.utils.data import TensorDataset
 from vitkit import VitkitError, create_model
 from vitkit.cli import main
 from vitkit.engine import trainer
-from vitkit.engine.evaluate import eval_loader, eval_logits, evaluate
+from vitkit.engine.evaluate import eval_loader, eval_logits, evaluate, shifted
 from vitkit.engine.run_config import RunConfig, resolve
 
 TINY = {"model.img_size": "8", "model.patch_size": "2", "data.limit_train": "64", "data.limit_val": "40",
@@ -59,9 +60,52 @@ def test_hflip_predictions_do_not_change_when_the_images_are_mirrored(name, task
     assert tta[0]["loss"] == pytest.approx(tta[1]["loss"], rel=1e-5)  # fp32 rounding of mirrored sums
 
 
+def test_shifted_moves_the_pixels_and_repeats_the_edge():
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6)
+    right, up = shifted(x, 2, 0), shifted(x, 0, -1)
+    assert right.shape == up.shape == x.shape
+    torch.testing.assert_close(right[..., 2:], x[..., :-2])  # content moved 2 px right
+    torch.testing.assert_close(right[..., :2], x[..., :1].expand(-1, -1, -1, 2))  # left edge copied
+    torch.testing.assert_close(up[..., :-1, :], x[..., 1:, :])  # moved 1 px up
+    torch.testing.assert_close(up[..., -1, :], x[..., -1, :])  # bottom row copied
+    assert shifted(x, 0, 0) is x
+
+
+def test_flip_shift_is_the_mean_of_ten_view_probabilities():
+    torch.manual_seed(0)
+    model = create_model("vit_test", num_classes=5).eval()
+    x = torch.randn(4, 3, 16, 16)  # 16 px: a 1-pixel step (1/28 of the side, at least 1)
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    with torch.no_grad():
+        got = eval_logits(model, x, "flip-shift").exp()
+        views = [shifted(v, dx, dy) for v in (x, x.flip(-1)) for dx, dy in moves]
+        want = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got.sum(-1), torch.ones(4))
+        # the 10 views of a mirrored batch are the same set (a shift right mirrored is a shift left)
+        torch.testing.assert_close(eval_logits(model, x.flip(-1), "flip-shift"), got.log())
+        assert (eval_logits(model, x, "hflip") - got.log()).abs().max() > 1e-4  # the shifts change the result
+
+
+def test_flip_shift_is_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
+    model = create_model("vit_seg_test", num_classes=3).eval()
+    with pytest.raises(VitkitError, match="'flip-shift' is for classification, not segmentation; use hflip"):
+        _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long), "segmentation", 3,
+                 "flip-shift")
+    sets = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
+    cfg = resolve(RunConfig(model="fpn_test"), {
+        **sets, "tta": "flip-shift", "out_dir": str(tmp_path / "run"), "data.name": "seg-canvas",
+        "data.data_dir": fake_fmnist, "data.canvas_size": "32", "data.canvas_train_size": "16",
+        "data.canvas_val_size": "8", "batch_size": "8"})
+    with pytest.raises(VitkitError, match="'flip-shift' is for classification"):
+        trainer.train(cfg)
+    assert not (tmp_path / "run" / "model").exists()  # refused before any training
+
+
 def test_unknown_tta_is_refused():
     model = create_model("vit_test", num_classes=5).eval()
-    with pytest.raises(VitkitError, match="unknown test-time augmentation 'vflip'; choose one of none, hflip"):
+    with pytest.raises(VitkitError, match="unknown test-time augmentation 'vflip'; choose one of none, hflip, "
+                                          "flip-shift"):
         _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), "classification", 5, "vflip")
     with pytest.raises(VitkitError, match="must be one of"):
         resolve(RunConfig(model="vit_test"), {"tta": "vflip"})
@@ -83,3 +127,6 @@ def test_a_run_with_tta_evaluates_with_it_and_vitkit_eval_follows_the_run(tmp_pa
     by_default, plain = json.loads(with_tta[1]), json.loads(without[1])
     assert by_default["top1"] == metrics["top1"] and by_default["loss"] == pytest.approx(metrics["loss"], rel=1e-6)
     assert plain["loss"] != pytest.approx(by_default["loss"], rel=1e-4)  # the run's figures are the TTA ones
+    code, shift_out = _eval_cli([str(run), "--json", "--tta", "flip-shift"])
+    assert code == 0
+    assert json.loads(shift_out)["loss"] != pytest.approx(by_default["loss"], rel=1e-4)

@@ -12,7 +12,7 @@ from vitkit.engine.losses import split_outputs
 from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_hits, update_confusion
 from vitkit.errors import VitkitError
 
-TTA_MODES = ("none", "hflip")
+TTA_MODES = ("none", "hflip", "flip-shift")
 
 
 def eval_loader(dataset, batch_size: int, workers: int = 0, info: DistInfo | None = None) -> DataLoader:
@@ -40,24 +40,56 @@ def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Te
     return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
 
 
-def check_tta(tta: str) -> None:
+def check_tta(tta: str, task: str = "classification") -> None:
     if tta not in TTA_MODES:
         raise VitkitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
+    if tta == "flip-shift" and task != "classification":
+        raise VitkitError(f"test-time augmentation 'flip-shift' is for classification, not {task}; use hflip")
+
+
+def tta_views(tta: str) -> int:
+    """Forward passes per batch of a test-time augmentation mode."""
+    return {"none": 1, "hflip": 2, "flip-shift": 10}[tta]
+
+
+def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``images`` (B, C, H, W) moved right by ``dx`` and down by ``dy`` pixels (negative: left, up),
+    the uncovered border filled with copies of the edge pixels. Same shape."""
+    if dx == 0 and dy == 0:
+        return images
+    h, w = images.shape[-2:]
+    pad = max(abs(dx), abs(dy))
+    padded = torch.nn.functional.pad(images, (pad,) * 4, mode="replicate")  # (B, C, H + 2p, W + 2p)
+    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+def _shift_step(images: torch.Tensor) -> int:
+    """The flip-shift offset: 1/28 of the shorter side, at least 1 pixel (1 px at 28 px, 8 px at 224 px)."""
+    return max(1, round(min(images.shape[-2:]) / 28))
 
 
 def eval_logits(model, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """The model's fp32 logits (B, K) or (B, K, h, w); ``tta="hflip"``: the log of the mean class
     probabilities of each image and its mirror image, log((p(x) + p(flip(x))) / 2), with dense
-    outputs of the mirror image mirrored back. Either way the argmax is the prediction and
+    outputs of the mirror image mirrored back; ``tta="flip-shift"`` (classification): the same mean
+    over 10 views, the image and its mirror image each as it is and moved by one step
+    (:func:`_shift_step`) left, right, up and down. Either way the argmax is the prediction and
     cross-entropy on the result is the loss."""
     logits = split_outputs(model(images))[0].float()
     if tta == "none":
         return logits
-    mirrored = split_outputs(model(images.flip(-1)))[0].float()
     dense = logits.dim() == 4
-    mirrored = mirrored.flip(-1) if dense else mirrored
-    log_probs = torch.stack([t.log_softmax(1 if dense else -1) for t in (logits, mirrored)])  # (2, B, K, ...)
-    return torch.logsumexp(log_probs, dim=0) - math.log(2)
+    if tta == "flip-shift":
+        check_tta(tta, "segmentation" if dense else "classification")
+        s = _shift_step(images)
+        views = [shifted(x, dx, dy) for x in (images, images.flip(-1))
+                 for dx, dy in ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s))]
+        outputs = [logits] + [split_outputs(model(v))[0].float() for v in views[1:]]  # 10 x (B, K)
+    else:
+        mirrored = split_outputs(model(images.flip(-1)))[0].float()
+        outputs = [logits, mirrored.flip(-1) if dense else mirrored]
+    log_probs = torch.stack([t.log_softmax(1 if dense else -1) for t in outputs])  # (V, B, K, ...)
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
 
 
 def _lockstep(model, loader, done: int, device, precision: str, passes: int = 1) -> None:
@@ -78,14 +110,15 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
     """Metrics of ``model`` over ``loader`` plus the confusion matrix (rows = truth).
 
     ``tta="hflip"``: test-time augmentation, each image predicted from the mean class
-    probabilities of it and its mirror image (:func:`eval_logits`; two forward passes).
+    probabilities of it and its mirror image (:func:`eval_logits`; two forward passes);
+    ``"flip-shift"``: the same over the two images each moved in 4 directions (10 passes).
 
     Counts stay on the model's device. Under torchrun (``info``, a loader from
     :func:`eval_loader`) every rank evaluates its batches and the counts are summed; per-batch
     losses are summed in batch order, so the result equals a one-process evaluation exactly.
     ``lockstep``: ranks with fewer batches run empty rounds (needed for a sharded model).
     """
-    check_tta(tta)
+    check_tta(tta, task)
     info = info or DistInfo()
     device = model_device(model)
     was_training = model.training
@@ -99,7 +132,7 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
             logits = eval_logits(model, images, tta)
         losses.append(_batch_metrics(logits, target, task, conf, counts, ignore_index))
     if lockstep:
-        _lockstep(model, loader, len(losses), device, precision, passes=2 if tta == "hflip" else 1)
+        _lockstep(model, loader, len(losses), device, precision, passes=tta_views(tta))
     model.train(was_training)
     per_batch = _per_batch_losses(losses, loader, device)
     all_reduce_([conf, counts, per_batch], info)

@@ -26,7 +26,7 @@ from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from vitkit.engine.clock import TrainClock
 from vitkit.engine.device import device_rng_state, grad_scaler, set_determinism, set_device_rng_state
-from vitkit.engine.evaluate import eval_loader, evaluate, headline
+from vitkit.engine.evaluate import check_tta, eval_loader, evaluate, headline
 from vitkit.engine.finetune import set_trainable
 from vitkit.engine.logging import RunLogger
 from vitkit.engine.loop import StopFlag, train_one_epoch
@@ -189,6 +189,7 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data, init_preprocess(cfg))
+    check_tta(cfg.tta, bundle.task)  # before any training, not at the first evaluation
     model = build_model(cfg, bundle).to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
