@@ -161,7 +161,7 @@ VALID = {
     "epochs": _count(), "batch_size": _count(), "eval_batch_size": _count(), "grad_accum": _count(),
     "clip_grad": lambda v: v is None or (_finite(v) and v > 0), "label_smoothing": _interval(0, 1, True),
     "workers": _count(0), "threads": _count(0), "eval_every": _count(),
-    "tta": lambda v: v in ("none", "hflip", "flip-shift"),
+    "tta": lambda v: v in ("none", "hflip", "shift", "flip-shift"),
     "optim.lr": lambda v: _finite(v) and v > 0,
     "optim.weight_decay": lambda v: _finite(v) and v >= 0, "optim.eps": lambda v: _finite(v) and v > 0,
     "optim.betas": lambda v: len(v) == 2 and all(_interval(0, 1, True)(b) for b in v),

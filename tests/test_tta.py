@@ -1,5 +1,6 @@
 """Test-time augmentation: ``tta="hflip"``, the mean of the class probabilities of each image and
-its mirror image, and ``tta="flip-shift"``, the same over both moved in 4 directions; in
+its mirror image, ``tta="shift"``, the same over the image moved in 4 directions, and
+``tta="flip-shift"``, over both images moved in 4 directions; in
 ``evaluate``, in training runs and in ``vitkit eval``."""
 from __future__ import annotations
 
@@ -71,27 +72,30 @@ def test_shifted_moves_the_pixels_and_repeats_the_edge():
     assert shifted(x, 0, 0) is x
 
 
-def test_flip_shift_is_the_mean_of_ten_view_probabilities():
+@pytest.mark.parametrize("tta, flips", [("shift", False), ("flip-shift", True)])
+def test_shift_modes_are_the_mean_of_the_view_probabilities(tta, flips):
     torch.manual_seed(0)
     model = create_model("vit_test", num_classes=5).eval()
     x = torch.randn(4, 3, 16, 16)  # 16 px: a 1-pixel step (1/28 of the side, at least 1)
     moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
     with torch.no_grad():
-        got = eval_logits(model, x, "flip-shift").exp()
-        views = [shifted(v, dx, dy) for v in (x, x.flip(-1)) for dx, dy in moves]
+        got = eval_logits(model, x, tta).exp()
+        views = [shifted(v, dx, dy) for v in ((x, x.flip(-1)) if flips else (x,)) for dx, dy in moves]
+        assert len(views) == (10 if flips else 5)
         want = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got.sum(-1), torch.ones(4))
-        # the 10 views of a mirrored batch are the same set (a shift right mirrored is a shift left)
-        torch.testing.assert_close(eval_logits(model, x.flip(-1), "flip-shift"), got.log())
-        assert (eval_logits(model, x, "hflip") - got.log()).abs().max() > 1e-4  # the shifts change the result
+        assert (eval_logits(model, x, "hflip" if flips else "none") - got.log()).abs().max() > 1e-4  # shifts count
+        if flips:  # the 10 views of a mirrored batch are the same set (a shift right mirrored is a shift left)
+            torch.testing.assert_close(eval_logits(model, x.flip(-1), tta), got.log())
 
 
-def test_flip_shift_is_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
+def test_shift_modes_are_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
     model = create_model("vit_seg_test", num_classes=3).eval()
-    with pytest.raises(VitkitError, match="'flip-shift' is for classification, not segmentation; use hflip"):
-        _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long), "segmentation", 3,
-                 "flip-shift")
+    for tta in ("shift", "flip-shift"):
+        with pytest.raises(VitkitError, match=f"'{tta}' is for classification, not segmentation; use hflip"):
+            _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long), "segmentation", 3,
+                     tta)
     sets = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
     cfg = resolve(RunConfig(model="fpn_test"), {
         **sets, "tta": "flip-shift", "out_dir": str(tmp_path / "run"), "data.name": "seg-canvas",
@@ -105,7 +109,7 @@ def test_flip_shift_is_refused_for_segmentation_before_training(tmp_path, fake_f
 def test_unknown_tta_is_refused():
     model = create_model("vit_test", num_classes=5).eval()
     with pytest.raises(VitkitError, match="unknown test-time augmentation 'vflip'; choose one of none, hflip, "
-                                          "flip-shift"):
+                                          "shift, flip-shift"):
         _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), "classification", 5, "vflip")
     with pytest.raises(VitkitError, match="must be one of"):
         resolve(RunConfig(model="vit_test"), {"tta": "vflip"})
@@ -127,6 +131,7 @@ def test_a_run_with_tta_evaluates_with_it_and_vitkit_eval_follows_the_run(tmp_pa
     by_default, plain = json.loads(with_tta[1]), json.loads(without[1])
     assert by_default["top1"] == metrics["top1"] and by_default["loss"] == pytest.approx(metrics["loss"], rel=1e-6)
     assert plain["loss"] != pytest.approx(by_default["loss"], rel=1e-4)  # the run's figures are the TTA ones
-    code, shift_out = _eval_cli([str(run), "--json", "--tta", "flip-shift"])
-    assert code == 0
-    assert json.loads(shift_out)["loss"] != pytest.approx(by_default["loss"], rel=1e-4)
+    for tta in ("shift", "flip-shift"):
+        code, shift_out = _eval_cli([str(run), "--json", "--tta", tta])
+        assert code == 0
+        assert json.loads(shift_out)["loss"] != pytest.approx(by_default["loss"], rel=1e-4)

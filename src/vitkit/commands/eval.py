@@ -16,10 +16,11 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="where to write confusion.png and metrics (default: RUN_DIR/plots)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--tta", choices=("none", "hflip", "flip-shift"), default=None,
+    p.add_argument("--tta", choices=("none", "hflip", "shift", "flip-shift"), default=None,
                    help="test-time augmentation: hflip predicts from the mean class probabilities of each image "
-                        "and its mirror image; flip-shift (classification) also from both moved by 1/28 of the "
-                        "side left, right, up and down, 10 views (default: the run's `tta`, else none)")
+                        "and its mirror image; shift (classification) from the image and it moved by 1/28 of "
+                        "the side left, right, up and down (5 views); flip-shift from both images' 5 views "
+                        "(default: the run's `tta`, else none)")
     add_device_option(p)
 
 

@@ -12,7 +12,7 @@ from vitkit.engine.losses import split_outputs
 from vitkit.engine.metrics import classification_summary, segmentation_summary, topk_hits, update_confusion
 from vitkit.errors import VitkitError
 
-TTA_MODES = ("none", "hflip", "flip-shift")
+TTA_MODES = ("none", "hflip", "shift", "flip-shift")
 
 
 def eval_loader(dataset, batch_size: int, workers: int = 0, info: DistInfo | None = None) -> DataLoader:
@@ -43,13 +43,13 @@ def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Te
 def check_tta(tta: str, task: str = "classification") -> None:
     if tta not in TTA_MODES:
         raise VitkitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
-    if tta == "flip-shift" and task != "classification":
-        raise VitkitError(f"test-time augmentation 'flip-shift' is for classification, not {task}; use hflip")
+    if tta in ("shift", "flip-shift") and task != "classification":
+        raise VitkitError(f"test-time augmentation '{tta}' is for classification, not {task}; use hflip")
 
 
 def tta_views(tta: str) -> int:
     """Forward passes per batch of a test-time augmentation mode."""
-    return {"none": 1, "hflip": 2, "flip-shift": 10}[tta]
+    return {"none": 1, "hflip": 2, "shift": 5, "flip-shift": 10}[tta]
 
 
 def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -64,27 +64,27 @@ def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def _shift_step(images: torch.Tensor) -> int:
-    """The flip-shift offset: 1/28 of the shorter side, at least 1 pixel (1 px at 28 px, 8 px at 224 px)."""
+    """The shift / flip-shift offset: 1/28 of the shorter side, at least 1 pixel (1 px at 28 px, 8 px at 224 px)."""
     return max(1, round(min(images.shape[-2:]) / 28))
 
 
 def eval_logits(model, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """The model's fp32 logits (B, K) or (B, K, h, w); ``tta="hflip"``: the log of the mean class
     probabilities of each image and its mirror image, log((p(x) + p(flip(x))) / 2), with dense
-    outputs of the mirror image mirrored back; ``tta="flip-shift"`` (classification): the same mean
-    over 10 views, the image and its mirror image each as it is and moved by one step
-    (:func:`_shift_step`) left, right, up and down. Either way the argmax is the prediction and
-    cross-entropy on the result is the loss."""
+    outputs of the mirror image mirrored back; ``tta="shift"`` (classification): the same mean over
+    5 views, the image as it is and moved by one step (:func:`_shift_step`) left, right, up and down;
+    ``tta="flip-shift"``: over 10 views, those of the image and of its mirror image. Either way the
+    argmax is the prediction and cross-entropy on the result is the loss."""
     logits = split_outputs(model(images))[0].float()
     if tta == "none":
         return logits
     dense = logits.dim() == 4
-    if tta == "flip-shift":
+    if tta in ("shift", "flip-shift"):
         check_tta(tta, "segmentation" if dense else "classification")
         s = _shift_step(images)
-        views = [shifted(x, dx, dy) for x in (images, images.flip(-1))
-                 for dx, dy in ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s))]
-        outputs = [logits] + [split_outputs(model(v))[0].float() for v in views[1:]]  # 10 x (B, K)
+        bases = (images, images.flip(-1)) if tta == "flip-shift" else (images,)
+        views = [shifted(x, dx, dy) for x in bases for dx, dy in ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s))]
+        outputs = [logits] + [split_outputs(model(v))[0].float() for v in views[1:]]  # 5 or 10 x (B, K)
     else:
         mirrored = split_outputs(model(images.flip(-1)))[0].float()
         outputs = [logits, mirrored.flip(-1) if dense else mirrored]
@@ -111,7 +111,8 @@ def evaluate(model, loader, task: str, num_classes: int, ignore_index: int = 255
 
     ``tta="hflip"``: test-time augmentation, each image predicted from the mean class
     probabilities of it and its mirror image (:func:`eval_logits`; two forward passes);
-    ``"flip-shift"``: the same over the two images each moved in 4 directions (10 passes).
+    ``"shift"``: over the image and it moved in 4 directions (5 passes); ``"flip-shift"``: the same
+    for the image and its mirror image (10 passes).
 
     Counts stay on the model's device. Under torchrun (``info``, a loader from
     :func:`eval_loader`) every rank evaluates its batches and the counts are summed; per-batch

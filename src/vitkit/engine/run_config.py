@@ -126,9 +126,10 @@ class RunConfig:
     workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     threads: int = 0  # torch intra-op threads per process (0 = torch's default)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
-    tta: Literal["none", "hflip", "flip-shift"] = "none"  # test-time augmentation of every evaluation: hflip
-    # averages the class probabilities of each image and its mirror image (for models trained with flips);
-    # flip-shift (classification) also moves both by 1/28 of the side in 4 directions (10 views)
+    tta: Literal["none", "hflip", "shift", "flip-shift"] = "none"  # test-time augmentation of every evaluation:
+    # hflip averages the class probabilities of each image and its mirror image (for models trained with flips);
+    # shift (classification) of the image as it is and moved by 1/28 of the side in 4 directions (5 views);
+    # flip-shift of both (10 views)
     log_every: int = 50  # optimizer steps between reading the running loss/accuracy back to the host
     tensorboard: bool = True
     progress: bool = True
