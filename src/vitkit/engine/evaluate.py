@@ -43,13 +43,19 @@ def _batch_metrics(logits, target, task, conf, counts, ignore_index) -> torch.Te
 def check_tta(tta: str, task: str = "classification") -> None:
     if tta not in TTA_MODES:
         raise VitkitError(f"unknown test-time augmentation '{tta}'; choose one of {', '.join(TTA_MODES)}")
-    if tta in ("shift", "flip-shift") and task != "classification":
+    if _tta_parts(tta)[1] and task != "classification":
         raise VitkitError(f"test-time augmentation '{tta}' is for classification, not {task}; use hflip")
+
+
+def _tta_parts(tta: str) -> tuple[bool, bool]:
+    """Whether a test-time augmentation mode adds the mirror image, and whether it adds shifts."""
+    return tta in ("hflip", "flip-shift"), tta in ("shift", "flip-shift")
 
 
 def tta_views(tta: str) -> int:
     """Forward passes per batch of a test-time augmentation mode."""
-    return {"none": 1, "hflip": 2, "shift": 5, "flip-shift": 10}[tta]
+    mirror, shift = _tta_parts(tta)
+    return (2 if mirror else 1) * (5 if shift else 1)
 
 
 def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -75,19 +81,20 @@ def eval_logits(model, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     5 views, the image as it is and moved by one step (:func:`_shift_step`) left, right, up and down;
     ``tta="flip-shift"``: over 10 views, those of the image and of its mirror image. Either way the
     argmax is the prediction and cross-entropy on the result is the loss."""
-    logits = split_outputs(model(images))[0].float()
     if tta == "none":
-        return logits
-    dense = logits.dim() == 4
-    if tta in ("shift", "flip-shift"):
-        check_tta(tta, "segmentation" if dense else "classification")
-        s = _shift_step(images)
-        bases = (images, images.flip(-1)) if tta == "flip-shift" else (images,)
-        views = [shifted(x, dx, dy) for x in bases for dx, dy in ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s))]
-        outputs = [logits] + [split_outputs(model(v))[0].float() for v in views[1:]]  # 5 or 10 x (B, K)
-    else:
-        mirrored = split_outputs(model(images.flip(-1)))[0].float()
-        outputs = [logits, mirrored.flip(-1) if dense else mirrored]
+        return split_outputs(model(images))[0].float()
+    mirror, shift = _tta_parts(tta)
+    s = _shift_step(images) if shift else 0
+    moves = ((0, 0), (s, 0), (-s, 0), (0, s), (0, -s)) if shift else ((0, 0),)
+    outputs = []  # tta_views(tta) x (B, K) or (B, K, h, w)
+    for flipped in (False, True) if mirror else (False,):
+        base = images.flip(-1) if flipped else images
+        for dx, dy in moves:
+            out = split_outputs(model(shifted(base, dx, dy)))[0].float()
+            outputs.append(out.flip(-1) if flipped and out.dim() == 4 else out)  # dense: mirrored back
+    dense = outputs[0].dim() == 4
+    if dense and shift:
+        check_tta(tta, "segmentation")
     log_probs = torch.stack([t.log_softmax(1 if dense else -1) for t in outputs])  # (V, B, K, ...)
     return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
 
