@@ -39,7 +39,8 @@ def run_one(key: str, args, out: Path) -> dict:
     top1 = res["metrics"]["top1"]
     return {"key": key, "recipe": recipe, "command": common.command_line(), "date": common.today(),
             "model": cfg.model_name, "model_overrides": changed_fields(cfg.model, get_config(cfg.model_name)),
-            "epochs": cfg.epochs, "threads": cfg.threads, "precision": cfg.precision, "tta": cfg.tta, "target": target,
+            "epochs": cfg.epochs, "threads": cfg.threads, "precision": cfg.precision, "tta": cfg.tta,
+            "final_tta": cfg.last_tta, "target": target,
             "budget_s": budget, "top1": top1, "wall_s": res["wall_s"], "load_mean": res["load_mean"],
             "train_img_per_s": res["train_img_per_s"], "met": top1 >= target and res["wall_s"] <= budget,
             "curve": [(r.get("wall_s"), r["val_metric"]) for r in res["history"] if r["val_metric"] is not None]}

@@ -126,8 +126,8 @@ def test_predict_on_fuzzed_files_reports_per_file(tiny_model, tmp_path_factory, 
 
 # ---------------------------------------------------------------- config values and --set strings
 RUN_KEYS = ["epochs", "batch_size", "eval_batch_size", "grad_accum", "clip_grad", "label_smoothing", "workers",
-            "threads", "eval_every", "tta", "seed", "precision", "optim.lr", "optim.weight_decay", "optim.betas",
-            "optim.eps", "schedule.warmup_epochs", "schedule.warmup_steps", "schedule.min_lr_ratio",
+            "threads", "eval_every", "tta", "final_tta", "seed", "precision", "optim.lr", "optim.weight_decay",
+            "optim.betas", "optim.eps", "schedule.warmup_epochs", "schedule.warmup_steps", "schedule.min_lr_ratio",
             "schedule.time_budget_s", "ema.decay", "distill.alpha", "distill.tau", "data.img_size", "data.val_fraction",
             "data.crop_padding", "data.mixup_alpha", "data.cutmix_alpha", "data.random_erasing", "data.limit_train",
             "data.limit_val", "data.randaugment_ops", "data.randaugment_magnitude", "data.augment", "data.name",
@@ -162,6 +162,7 @@ VALID = {
     "clip_grad": lambda v: v is None or (_finite(v) and v > 0), "label_smoothing": _interval(0, 1, True),
     "workers": _count(0), "threads": _count(0), "eval_every": _count(),
     "tta": lambda v: v in ("none", "hflip", "shift", "flip-shift"),
+    "final_tta": lambda v: v in ("same", "none", "hflip", "shift", "flip-shift"),
     "optim.lr": lambda v: _finite(v) and v > 0,
     "optim.weight_decay": lambda v: _finite(v) and v >= 0, "optim.eps": lambda v: _finite(v) and v > 0,
     "optim.betas": lambda v: len(v) == 2 and all(_interval(0, 1, True)(b) for b in v),

@@ -135,3 +135,56 @@ def test_a_run_with_tta_evaluates_with_it_and_vitkit_eval_follows_the_run(tmp_pa
         code, shift_out = _eval_cli([str(run), "--json", "--tta", tta])
         assert code == 0
         assert json.loads(shift_out)["loss"] != pytest.approx(by_default["loss"], rel=1e-4)
+
+
+def _recorded_ttas(monkeypatch) -> list[str]:
+    seen = []
+    real = trainer.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["tta"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    return seen
+
+
+@pytest.mark.parametrize("tta, final_tta, expected", [("none", "shift", ["none", "none", "shift"]),
+                                                      ("hflip", "same", ["hflip", "hflip", "hflip"]),
+                                                      ("hflip", "none", ["hflip", "hflip", "none"])])
+def test_final_tta_scores_only_the_last_evaluation(tmp_path, monkeypatch, tta, final_tta, expected):
+    seen = _recorded_ttas(monkeypatch)
+    run = tmp_path / "run"
+    cfg = resolve(RunConfig(model="vit_test"), {**TINY, "epochs": "3", "tta": tta, "final_tta": final_tta,
+                                                 "out_dir": str(run)})
+    metrics = trainer.train(cfg)
+    assert seen == expected
+    code, out = _eval_cli([str(run), "--json"])  # vitkit eval follows the run's last evaluation
+    assert code == 0 and json.loads(out)["top1"] == metrics["top1"]
+    assert json.loads(out)["loss"] == pytest.approx(metrics["loss"], rel=1e-6)
+
+
+def test_final_tta_when_the_last_epoch_was_not_evaluated(tmp_path, monkeypatch):
+    """A run resumed after its time budget ran out trains nothing; its final evaluation still uses final_tta."""
+    run = tmp_path / "run"
+    cfg = resolve(RunConfig(model="vit_test"), {**TINY, "epochs": "3", "tta": "none", "final_tta": "flip-shift",
+                                                 "schedule.time_budget_s": "0.001", "out_dir": str(run)})
+    first = _recorded_ttas(monkeypatch)
+    trainer.train(cfg)
+    assert first == ["flip-shift"]  # the budget ran out in epoch 1: that evaluation is the last
+    first.clear()
+    trainer.train(cfg, resume=True)
+    assert first == ["flip-shift"]
+
+
+def test_final_tta_shift_is_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
+    sets = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
+    cfg = resolve(RunConfig(model="fpn_test"), {
+        **sets, "tta": "hflip", "final_tta": "shift", "out_dir": str(tmp_path / "run"), "data.name": "seg-canvas",
+        "data.data_dir": fake_fmnist, "data.canvas_size": "32", "data.canvas_train_size": "16",
+        "data.canvas_val_size": "8", "batch_size": "8"})
+    with pytest.raises(VitkitError, match="'shift' is for classification"):
+        trainer.train(cfg)
+    assert not (tmp_path / "run" / "model").exists()
+    with pytest.raises(VitkitError, match="must be one of"):
+        resolve(RunConfig(model="vit_test"), {"final_tta": "vflip"})

@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
                    help="test-time augmentation: hflip predicts from the mean class probabilities of each image "
                         "and its mirror image; shift (classification) from the image and it moved by 1/28 of "
                         "the side left, right, up and down (5 views); flip-shift from both images' 5 views "
-                        "(default: the run's `tta`, else none)")
+                        "(default: the run's final evaluation's, `final_tta` or else `tta`; none for a model dir)")
     add_device_option(p)
 
 
@@ -90,7 +90,7 @@ def run(args) -> int:
     default_out = Path("plots") if is_hub_spec(args.model) else default_out  # not into the hub cache
     out = make_dir(Path(args.out) if args.out else default_out)
     saved = saved_run(args)
-    tta = args.tta or (saved.tta if saved is not None else "none")
+    tta = args.tta or (saved.last_tta if saved is not None else "none")
     metrics = evaluate(model, eval_loader(split, args.batch_size), bundle.task, bundle.num_classes, bundle.ignore_index,
                        tta=tta)
     if not math.isfinite(metrics["loss"]):

@@ -130,6 +130,8 @@ class RunConfig:
     # hflip averages the class probabilities of each image and its mirror image (for models trained with flips);
     # shift (classification) of the image as it is and moved by 1/28 of the side in 4 directions (5 views);
     # flip-shift of both (10 views)
+    final_tta: Literal["same", "none", "hflip", "shift", "flip-shift"] = "same"  # the last evaluation's (the run's
+    # final metrics, and `vitkit eval` of its model by default): same = `tta`; a costlier mode only where it counts
     log_every: int = 50  # optimizer steps between reading the running loss/accuracy back to the host
     tensorboard: bool = True
     progress: bool = True
@@ -149,6 +151,11 @@ class RunConfig:
         if type(self.model) is not expected:
             raise VitkitError(f"model is a {type(self.model).__name__} but preset '{self.model_name}' has a "
                               f"{expected.__name__}; pass the preset name or a config of its class")
+
+    @property
+    def last_tta(self) -> str:
+        """The test-time augmentation of the run's last evaluation (``final_tta``, "same": ``tta``)."""
+        return self.tta if self.final_tta == "same" else self.final_tta
 
     def validate(self) -> None:
         """Every declared range of the run config and of the configs nested in it, then the

@@ -189,7 +189,8 @@ def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     bundle = build_data(cfg.data, init_preprocess(cfg))
-    check_tta(cfg.tta, bundle.task)  # before any training, not at the first evaluation
+    for tta in (cfg.tta, cfg.last_tta):
+        check_tta(tta, bundle.task)  # before any training, not at the first evaluation
     model = build_model(cfg, bundle).to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -266,12 +267,13 @@ def epoch_row(run: Run, epoch: int, stats, metrics: dict | None) -> dict:
             "img_per_s": stats.images / max(stats.seconds, 1e-9), "seconds": stats.seconds}
 
 
-def validate(run: Run) -> dict:
-    """Evaluate the eval weights on the validation set: each process its share, counts summed."""
+def validate(run: Run, last: bool = False) -> dict:
+    """Evaluate the eval weights on the validation set: each process its share, counts summed;
+    the ``last`` evaluation with the run's ``final_tta``."""
     model = run.eval_model()
     loader = eval_loader(run.bundle.val, run.cfg.eval_batch_size, run.cfg.workers, run.info)
     return evaluate(model, loader, run.task, run.bundle.num_classes, run.ignore_index, run.cfg.precision,
-                    run.info, lockstep=D.is_sharded(model), tta=run.cfg.tta)
+                    run.info, lockstep=D.is_sharded(model), tta=run.cfg.last_tta if last else run.cfg.tta)
 
 
 def print_epoch(run: Run, row: dict) -> None:
@@ -316,7 +318,7 @@ def fit(run: Run, start_epoch: int = 0, start_batch: int = 0, rng: dict | None =
                 save_state(run, epoch, stats.batches_done, partial=stats.sums())
                 raise stopped(run, stop, f"epoch {epoch + 1}, batch {stats.batches_done}")
             last = epoch + 1 == cfg.epochs or stats.budget_spent
-            metrics = validate(run) if last or (epoch + 1) % cfg.eval_every == 0 else None
+            metrics = validate(run, last) if last or (epoch + 1) % cfg.eval_every == 0 else None
             run.validated_last = last
             run.history.append(epoch_row(run, epoch, stats, metrics))
             run.logger.log_epoch(run.history)
@@ -335,7 +337,7 @@ def finish(run: Run, metrics: dict | None) -> dict:
     from vitkit.engine.report import segmentation_examples, write_report
 
     if not run.validated_last:
-        metrics = validate(run)
+        metrics = validate(run, last=True)
     examples = segmentation_examples(run.eval_model(), run.bundle) if run.task == "segmentation" else None
     if run.info.is_main:
         write_report(run, metrics, examples)
