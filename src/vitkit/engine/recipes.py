@@ -40,12 +40,14 @@ RECIPES: dict[str, RunConfig] = {
     # <= 2 hours on 2 cores: the fast recipe's model with crop + flip + random erasing (p 0.25), its schedule
     # following 6,770 s of training time (about 54 epochs at ~470 img/s on an AVX2 CPU); the rest of the 2 hours is
     # start-up and the test evaluations every second epoch (the learning curve), scored with flip test-time
-    # augmentation, the last one with flip-shift TTA (10 views, about 30 s more for 10,000 images). Measured (docs/results.md): crop + flip alone 94.25%, against 91.54% for a 2.0 M-parameter ViT
-    # with a 3-conv stem in the same time, which under-fit (train level with test). Random erasing ended 0.14 points
-    # higher (94.39%) with train 0.5 points above test instead of 2.1; label smoothing 0.1 ended 0.17 lower. Flip
-    # test-time augmentation added 0.24-0.33 points to each of the three models (it costs the fast recipe, which
-    # trains without flips). Neither 1.5x the epochs (a faster CPU), a 192-wide model (1.8x the parameters) nor a 7x7
-    # token grid (49 tokens, 43 epochs: 94.07%) moved the level of about 94.6-94.7%.
+    # augmentation, the last one with flip-shift TTA (10 views, about 35 s more for 10,000 images). Measured
+    # (docs/results.md): crop + flip alone 94.25%, against 91.54% for a 2.0 M-parameter ViT with a 3-conv stem in
+    # the same time, which under-fit (train level with test). Random erasing ended 0.14 points higher (94.39%) with
+    # train 0.5 points above test instead of 2.1; label smoothing 0.1 ended 0.17 lower. Flip test-time augmentation
+    # added 0.11-0.40 points to each model trained with flips (it costs the fast recipe, which trains without them).
+    # Neither 1.5x the epochs (a faster CPU), a 192-wide model (1.8x the parameters) nor a 7x7 token grid (49
+    # tokens, 43 epochs: 94.07%) moved the level of about 94.6-94.9%. As it stands, 2 seeds on an AVX-512 EPYC:
+    # 94.93% (flip-shift at the end; 94.92% with flip TTA) and 94.71% (flip TTA at the end).
     "fmnist_vit_long": RunConfig(
         model="vit_tiny_convstem7_28",
         data=DataConfig(name="fashion-mnist", augment="basic", hflip=True, crop_padding=2, random_erasing=0.25),
