@@ -90,17 +90,21 @@ def test_shift_modes_are_the_mean_of_the_view_probabilities(tta, flips):
             torch.testing.assert_close(eval_logits(model, x.flip(-1), tta), got.log())
 
 
+def _segmentation_run(run_dir, data_dir, sets: dict) -> RunConfig:
+    """A tiny FPN run on seg-canvas images made from the fake Fashion-MNIST files, with ``sets`` on top."""
+    tiny = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
+    return resolve(RunConfig(model="fpn_test"), {
+        **tiny, "out_dir": str(run_dir), "data.name": "seg-canvas", "data.data_dir": data_dir, "data.canvas_size": "32",
+        "data.canvas_train_size": "16", "data.canvas_val_size": "8", "batch_size": "8", **sets})
+
+
 def test_shift_modes_are_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
     model = create_model("vit_seg_test", num_classes=3).eval()
     for tta in ("shift", "flip-shift"):
         with pytest.raises(VitkitError, match=f"'{tta}' is for classification, not segmentation; use hflip"):
             _metrics(model, torch.randn(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long), "segmentation", 3,
                      tta)
-    sets = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
-    cfg = resolve(RunConfig(model="fpn_test"), {
-        **sets, "tta": "flip-shift", "out_dir": str(tmp_path / "run"), "data.name": "seg-canvas",
-        "data.data_dir": fake_fmnist, "data.canvas_size": "32", "data.canvas_train_size": "16",
-        "data.canvas_val_size": "8", "batch_size": "8"})
+    cfg = _segmentation_run(tmp_path / "run", fake_fmnist, {"tta": "flip-shift"})
     with pytest.raises(VitkitError, match="'flip-shift' is for classification"):
         trainer.train(cfg)
     assert not (tmp_path / "run" / "model").exists()  # refused before any training
@@ -178,11 +182,7 @@ def test_final_tta_when_the_last_epoch_was_not_evaluated(tmp_path, monkeypatch):
 
 
 def test_final_tta_shift_is_refused_for_segmentation_before_training(tmp_path, fake_fmnist):
-    sets = {k: v for k, v in TINY.items() if not k.startswith(("model.", "data.limit"))}
-    cfg = resolve(RunConfig(model="fpn_test"), {
-        **sets, "tta": "hflip", "final_tta": "shift", "out_dir": str(tmp_path / "run"), "data.name": "seg-canvas",
-        "data.data_dir": fake_fmnist, "data.canvas_size": "32", "data.canvas_train_size": "16",
-        "data.canvas_val_size": "8", "batch_size": "8"})
+    cfg = _segmentation_run(tmp_path / "run", fake_fmnist, {"tta": "hflip", "final_tta": "shift"})
     with pytest.raises(VitkitError, match="'shift' is for classification"):
         trainer.train(cfg)
     assert not (tmp_path / "run" / "model").exists()
