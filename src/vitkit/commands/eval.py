@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
                    help="test-time augmentation: hflip predicts from the mean class probabilities of each image "
                         "and its mirror image; shift (classification) from the image and it moved by 1/28 of "
                         "the side left, right, up and down (5 views); flip-shift from both images' 5 views "
-                        "(default: the run's final evaluation's, `final_tta` or else `tta`; none for a model dir)")
+                        "(default: the TTA of the run's last evaluation, `final_tta` or else `tta`; none for a "
+                        "model dir)")
     add_device_option(p)
 
 
