@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-RECIPES = {"fast": ("fmnist_vit_fast", 0.930, 600.0), "long": ("fmnist_vit_long", 0.949, 7200.0)}
+# recipe key -> (recipe name, top-1 target, wall-clock budget in s, whether the target is strict: > rather than >=)
+RECIPES = {"fast": ("fmnist_vit_fast", 0.930, 600.0, False), "long": ("fmnist_vit_long", 0.949, 7200.0, True)}
 PLOT = "fmnist_vit_curve.png"
 
 
@@ -26,7 +27,7 @@ def run_one(key: str, args, out: Path) -> dict:
     from vitkit.config import changed_fields
     from vitkit.registry import get_config
 
-    recipe, target, budget = RECIPES[key]
+    recipe, target, budget, strict = RECIPES[key]
     sets = {"data.data_dir": args.data_dir} if args.data_dir else {}
     if args.epochs:
         sets["epochs"] = args.epochs
@@ -40,10 +41,15 @@ def run_one(key: str, args, out: Path) -> dict:
     return {"key": key, "recipe": recipe, "command": common.command_line(), "date": common.today(),
             "model": cfg.model_name, "model_overrides": changed_fields(cfg.model, get_config(cfg.model_name)),
             "epochs": cfg.epochs, "threads": cfg.threads, "precision": cfg.precision, "tta": cfg.tta,
-            "final_tta": cfg.last_tta, "target": target,
+            "final_tta": cfg.last_tta, "target": target, "strict": strict,
             "budget_s": budget, "top1": top1, "wall_s": res["wall_s"], "load_mean": res["load_mean"],
-            "train_img_per_s": res["train_img_per_s"], "met": top1 >= target and res["wall_s"] <= budget,
+            "train_img_per_s": res["train_img_per_s"], "met": _meets(top1, target, strict) and res["wall_s"] <= budget,
             "curve": [(r.get("wall_s"), r["val_metric"]) for r in res["history"] if r["val_metric"] is not None]}
+
+
+def _meets(top1: float, target: float, strict: bool) -> bool:
+    """Whether a test top-1 meets its target: ``> target`` when strict, else ``>= target``."""
+    return top1 > target if strict else top1 >= target
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -75,7 +81,8 @@ def table(rows: list[dict]) -> str:
                "train img/s", "load avg"]
     body = [[r["recipe"], r["model"] + (f" {r['model_overrides']}" if r["model_overrides"] else ""), r["epochs"],
              r["threads"] or "default", f"{100 * r['top1']:.2f}", f"{r['wall_s']:.0f}",
-             f">= {100 * r['target']:.1f}% in {r['budget_s']:.0f} s", "yes" if r["met"] else "**no**",
+             f"{'>' if r.get('strict') else '>='} {100 * r['target']:.1f}% in {r['budget_s']:.0f} s",
+             "yes" if r["met"] else "**no**",
              f"{r['train_img_per_s']:.0f}", f"{r['load_mean']:.1f}"] for r in rows]
     return common.md_table(headers, body)
 

@@ -69,6 +69,14 @@ def test_fmnist_vit_quick(tmp_path, fake_fmnist, capsys):
     assert (tmp_path / "fmnist_vit_curve.png").stat().st_size > 1000
 
 
+def test_fmnist_vit_targets():
+    """The long recipe's target is strictly above 94.9%; the fast recipe's is 93.0% or more."""
+    bench = load("fmnist_vit")
+    fast, long = bench.RECIPES["fast"], bench.RECIPES["long"]
+    assert bench._meets(0.930, fast[1], fast[3]) and not bench._meets(0.9299, fast[1], fast[3])
+    assert bench._meets(0.9491, long[1], long[3]) and not bench._meets(0.949, long[1], long[3])
+
+
 def test_vt_vs_resnet_quick(tmp_path, fake_fmnist):
     rows = load("vt_vs_resnet").main(["--quick", "--data", "both", "--data-dir", fake_fmnist, "--out", str(tmp_path),
                                       *SMALL])
