@@ -50,6 +50,7 @@ def test_cli_prints_table_and_json(tmp_path, capsys):
     assert "ratio vitkit/timm:" in text and "matmul peak (bf16)" in text
     data = json.loads(out.read_text())
     assert len(data["results"]) == 2 and data["results"][0]["imgs_per_s"] > 0
+    assert data["host_memory"] in ("keep", "default")  # keep on glibc; default elsewhere (nothing to set)
 
 
 @pytest.mark.parametrize("args, match", [

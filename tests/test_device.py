@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
+import sys
+from argparse import Namespace
 
 import pytest
 import torch
 
 from vitkit import VitkitError
 from vitkit.cli import main
+from vitkit.commands.options import device_of
+from vitkit.engine import device as device_mod
 from vitkit.engine import loop, trainer
 from vitkit.engine.checkpoint import load_checkpoint
 from vitkit.engine.device import CUBLAS_WORKSPACE, autocast, grad_scaler, resolve_device, set_determinism
@@ -153,3 +159,44 @@ def test_running_sums_are_read_at_log_intervals_only(tmp_path, device, monkeypat
             torch.cuda.set_sync_debug_mode(0)
     assert reads == [4, 6] and stats.batches_done == 6 and run.global_step == 6
     assert stats.count == 96 and 0 <= stats.correct <= 96 and stats.loss > 0
+
+
+# Allocates 64 MiB (over glibc's largest mmap threshold, 32 MiB), frees it, and reads glibc's own counters:
+# bytes in mmapped blocks while it lives (hblkhd), and whether malloc's heap (arena) still holds it once freed.
+HOST_PROBE = """
+import ctypes, torch
+from vitkit.engine.device import keep_host_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+kept = keep_host_memory()
+heap = libc.mallinfo2().arena
+x = torch.ones(64 * 2**20 // 4)
+mapped = libc.mallinfo2().hblkhd >= 64 * 2**20
+del x
+print(kept, mapped, libc.mallinfo2().arena - heap >= 64 * 2**20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (a no-op elsewhere)")
+@pytest.mark.parametrize("env, expected", [("keep", "True False True"), ("default", "False True False")])
+def test_keep_host_memory_keeps_big_blocks_in_the_heap(env, expected):
+    """Kept: a 64 MiB tensor comes from malloc's heap and stays there once freed (no fresh pages next time);
+    VITKIT_HOST_MEMORY=default: glibc maps it from fresh pages and unmaps it when freed."""
+    run = subprocess.run([sys.executable, "-c", HOST_PROBE], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, device_mod.HOST_MEMORY_ENV: env})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == expected.split()
+
+
+@pytest.mark.parametrize("host_memory, calls", [("keep", 1), ("default", 0)])
+def test_cpu_commands_and_trainer_keep_host_memory(tmp_path, monkeypatch, host_memory, calls):
+    seen = []
+    monkeypatch.setattr(device_mod, "keep_host_memory", lambda: seen.append("cli") or True)
+    monkeypatch.setattr(trainer, "keep_host_memory", lambda: seen.append("train") or True)
+    assert device_of(Namespace(device="cpu", host_memory=host_memory)) == torch.device("cpu")
+    assert seen == ["cli"] * calls
+    trainer.prepare(tiny_cfg(tmp_path, "cpu"), tmp_path / "run", DistInfo(device=torch.device("cpu")))
+    assert seen[-1] == "train"

@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory step")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+                   help="CPU: keep freed memory in the process (keep, what vitkit's commands do) or leave the C "
+                        "library's malloc as it is (default); applies to both models of --compare")
     p.add_argument("--peak-n", type=int, default=2048, help="side of the square matmul that measures the peak")
     add_set_argument(p, "model.depth=6 model.backbone.depth=50 (model. is optional)")
     add_device_option(p)
@@ -72,6 +75,7 @@ def run(args) -> int:
 
     import torch
 
+    from vitkit.engine.device import host_memory_kept
     from vitkit.tools.bench import BenchConfig, mode_peak, run_bench
 
     device = device_of(args)
@@ -90,6 +94,7 @@ def run(args) -> int:
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         payload = {"config": dataclasses.asdict(cfg), "matmul_peak_flops": peak, "gpu": gpu,
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "host_memory": "keep" if host_memory_kept() else "default",
                    "results": [r._asdict() for r in results]}
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)

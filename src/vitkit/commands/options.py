@@ -14,10 +14,14 @@ def add_device_option(p, default: str | None = "auto") -> None:
 
 
 def device_of(args):
-    """The torch device ``--device`` names; checked, so a missing GPU is a clear VitkitError."""
-    from vitkit.engine.device import resolve_device
+    """The torch device ``--device`` names; checked, so a missing GPU is a clear VitkitError. On the CPU,
+    freed host memory stays in the process unless ``--host-memory default`` (:func:`keep_host_memory`)."""
+    from vitkit.engine.device import keep_host_memory, resolve_device
 
-    return resolve_device(args.device or "auto")
+    device = resolve_device(args.device or "auto")
+    if device.type == "cpu" and getattr(args, "host_memory", "keep") == "keep":
+        keep_host_memory()
+    return device
 
 
 def add_set_argument(parser, example: str = "model.depth=4 model.vt.num_tokens=8") -> None:

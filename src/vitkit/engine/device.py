@@ -7,6 +7,7 @@ which scales the loss so fp16 gradients do not underflow and skips steps whose g
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 
@@ -17,6 +18,9 @@ from vitkit.errors import VitkitError
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for reproducible matmuls (CUDA docs, "Reproducibility")
+HOST_MEMORY_ENV = "VITKIT_HOST_MEMORY"  # "default" leaves the C library's malloc as it is
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+_host_memory_kept = False
 
 
 def _cuda_missing() -> str:
@@ -56,6 +60,37 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
         raise VitkitError(f"device cuda:{index} does not exist: {count} GPU(s) visible (cuda:0..cuda:{count - 1})"
                           + ("; start at most one process per GPU" if match.group(1) is None else ""))
     return torch.device("cuda", index)
+
+
+def keep_host_memory() -> bool:
+    """Keep freed host memory in the process, so that big CPU tensors reuse pages already mapped.
+
+    glibc's malloc maps a big block (a ViT-S/16 activation at batch 32 is 10-39 MiB) from fresh pages and
+    returns it, with the free top of its heap, to the kernel when it is freed. The next tensor of that size
+    then takes a page fault for every 4 KiB on its first write: a fifth of a CPU training step of
+    ``vit_small_patch16_224`` (docs/explain_export_bench.md). This sets ``M_MMAP_MAX`` to 0 (every block from
+    malloc's heap) and ``M_TRIM_THRESHOLD`` to its maximum (the heap is not trimmed), once per process; the
+    resident memory then stays at the run's peak. The CLI commands and the trainer call it for the CPU.
+    Returns whether the setting is on: False with ``VITKIT_HOST_MEMORY=default`` or a C library other
+    than glibc (macOS, Windows, musl), where nothing changes.
+    """
+    global _host_memory_kept
+    if _host_memory_kept or os.environ.get(HOST_MEMORY_ENV, "keep") == "default":
+        return _host_memory_kept
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only: the mallopt parameters are glibc's)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    _host_memory_kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return _host_memory_kept
+
+
+def host_memory_kept() -> bool:
+    """Whether :func:`keep_host_memory` is on in this process."""
+    return _host_memory_kept
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

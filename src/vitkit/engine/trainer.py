@@ -25,7 +25,7 @@ from vitkit.data import DataBundle, build_data
 from vitkit.engine import distributed as D
 from vitkit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from vitkit.engine.clock import TrainClock
-from vitkit.engine.device import device_rng_state, grad_scaler, set_determinism, set_device_rng_state
+from vitkit.engine.device import device_rng_state, grad_scaler, keep_host_memory, set_determinism, set_device_rng_state
 from vitkit.engine.evaluate import check_tta, eval_loader, evaluate, headline
 from vitkit.engine.finetune import set_trainable
 from vitkit.engine.logging import RunLogger
@@ -185,6 +185,8 @@ def load_teacher(cfg: RunConfig, bundle: DataBundle, device: torch.device):
 def prepare(cfg: RunConfig, run_dir: Path, info: D.DistInfo) -> Run:
     """Data, model (on ``info.device``, wrapped for the world), optimizer, schedule, EMA, loss."""
     set_determinism(cfg.deterministic, info.device)
+    if info.device.type == "cpu":
+        keep_host_memory()  # big tensors reuse mapped pages (VITKIT_HOST_MEMORY=default: malloc as it is)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
