@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import re
 import sys
 from pathlib import Path
@@ -109,6 +110,15 @@ def test_throughput_quick(tmp_path):
     shapes, raw = _outputs(tmp_path, "throughput")
     assert shapes == [(4, 3)] and [r["threads"] for r in raw["rows"]] == [1, 2, 1]
     assert all(r["img_per_s"] > 0 for r in rows) and rows[2]["precision"] == "bf16"
+
+
+def test_host_memory_quick(tmp_path):
+    rows = load("host_memory").main(["--quick", "--out", str(tmp_path)])
+    shapes, raw = _outputs(tmp_path, "host_memory")
+    assert shapes == [(7, 4)] and [(r["step"], r["setting"]) for r in raw["rows"]] == [
+        ("train", "default"), ("train", "keep"), ("infer", "default"), ("infer", "keep")]
+    assert all(r["img_per_s"] > 0 and r["minor_faults"] >= 0 for r in rows)
+    assert [r["kept"] for r in rows] == [False, platform.libc_ver()[0] == "glibc"] * 2  # each process's own setting
 
 
 def test_ablations_merge_pools_seeds(tmp_path):
