@@ -230,3 +230,33 @@ def test_prefix_only_last_block_gives_the_full_path_logits_with_less_work(name, 
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_bf16_on_cpu_forms_the_attention_matrix_within_bf16_rounding(monkeypatch):
+    """bf16 on the CPU attends through the explicit matrix (two bf16 matmuls, faster there than torch's fused
+    kernel); fp32 keeps the fused kernel. Error bound of the explicit bf16 path against exact (fp64) attention
+    on the same bf16 q, k, v, with u = 2^-8 (bf16's unit roundoff) and fp32 accumulation in the matmuls:
+    scores are rounded once (|ds| <= u|s|), which moves each softmax weight by at most a factor
+    exp(2u max|s|) ~ 1 + 2u max|s|; the weights are rounded once (u); the output, a weighted mean of v,
+    is rounded once (u max|v|). So |do| <= u (2 max|s| + 2) max|v|."""
+    from vitkit.layers import attention as attn_mod
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 16).bfloat16() for _ in range(3))
+    out, _ = attn_mod.explicit_attention(q, k, v)
+    qd, kd, vd = (t.double() for t in (q, k, v))
+    scores = qd @ kd.transpose(-2, -1) / 16**0.5
+    exact = scores.softmax(-1) @ vd
+    bound = 2**-8 * (2 * scores.abs().max() + 2) * vd.abs().max()
+    assert out.dtype == torch.bfloat16 and (out.double() - exact).abs().max() <= bound
+
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    layer = attn_mod.Attention(32, 4).eval()
+    x = torch.randn(2, 9, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(x)
+    assert calls == [] and low.dtype == torch.bfloat16
+    layer(x)
+    assert calls == [1]
