@@ -200,3 +200,13 @@ def test_cpu_commands_and_trainer_keep_host_memory(tmp_path, monkeypatch, host_m
     assert seen == ["cli"] * calls
     trainer.prepare(tiny_cfg(tmp_path, "cpu"), tmp_path / "run", DistInfo(device=torch.device("cpu")))
     assert seen[-1] == "train"
+
+
+def test_cpu_bf16_follows_the_cpu_flags(monkeypatch):
+    if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+        assert "fpu" in device_mod.cpu_flags()  # read from /proc/cpuinfo
+    cases = (({"avx512f", "avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True), ({"avx2", "avx512f"}, False),
+             (set(), False))
+    for flags, has in cases:
+        monkeypatch.setattr(device_mod, "cpu_flags", lambda f=flags: f)
+        assert device_mod.cpu_has_bf16() is has

@@ -8,6 +8,7 @@ from vitkit import create_model
 from vitkit.errors import VitkitError
 
 pytest.importorskip("torchao")
+from vitkit.tools import quantize as quantize_mod  # noqa: E402
 from vitkit.tools.quantize import convert_static_int8, graph_targets, quantize_static_int8  # noqa: E402
 
 
@@ -17,7 +18,8 @@ def _batches(model, n: int, batch: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=g) for _ in range(n)]
 
 
-def test_static_int8_close_to_fp32_without_runtime_quantization():
+@pytest.mark.parametrize("attention", ["fp32", "bf16"])
+def test_static_int8_close_to_fp32_without_runtime_quantization(attention):
     """Every Linear / Conv2d runs on int8 weights (one per-channel dequantize each) with constant
     activation scales: quantize_per_tensor.default takes float scales, and no choose_qparams (the
     run-time scale of dynamic quantization) is in the graph; compiled, it calls oneDNN's int8 linear.
@@ -27,7 +29,9 @@ def test_static_int8_close_to_fp32_without_runtime_quantization():
     range of ~6 standard deviations; weights (8-bit per channel) add less. vit_test has 10 quantized
     matmuls (patch conv, 2 x (qkv, proj, fc1, fc2), head); independent errors add in quadrature to
     ~5 %, so the relative logit error must stay below 10 %. Top-1 must agree wherever the fp32 top-2
-    margin exceeds twice that bound times the logits' RMS.
+    margin exceeds twice that bound times the logits' RMS. With ``attention="bf16"`` the attention core
+    (q k^T, softmax, times v) runs on bf16 q, k, v: each rounding is at most 2^-8 relative, a few of
+    them per attention layer, well inside the same bound.
     """
     from torch._inductor.utils import run_and_get_code
 
@@ -36,14 +40,17 @@ def test_static_int8_close_to_fp32_without_runtime_quantization():
     calib, test = _batches(model, 4, 16, seed=1), _batches(model, 1, 32, seed=2)[0]
     with torch.no_grad():
         ref = model(test)  # (B, classes)
-    converted = convert_static_int8(model, calib)
+    converted = convert_static_int8(model, calib, attention)
     ops = graph_targets(converted)
+    fused = "aten.scaled_dot_product_attention.default"
+    assert ops.count(fused) == (2 if attention == "fp32" else 0)  # bf16: the explicit matrix, in bf16
+    assert all(m.core_dtype is None for m in model.modules() if hasattr(m, "core_dtype"))  # model as it was
     n_weights = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())
     assert ops.count("quantized_decomposed.dequantize_per_channel.default") == n_weights
     assert "quantized_decomposed.quantize_per_tensor.default" in ops
     assert not [op for op in ops if "choose_qparams" in op or op.endswith(".tensor")
                 and "quantize" in op]
-    compiled = quantize_static_int8(model, calib)
+    compiled = quantize_static_int8(model, calib, attention=attention)
     with torch.no_grad():
         out, code = run_and_get_code(compiled, test)
         eager = converted(test)
@@ -56,6 +63,15 @@ def test_static_int8_close_to_fp32_without_runtime_quantization():
         assert torch.equal(got.argmax(1)[clear], ref.argmax(1)[clear])
     with torch.no_grad():
         assert converted(test[:5]).shape == (5, ref.shape[1])  # the batch size stays free
+
+
+def test_static_int8_attention_dtype_follows_the_cpu(monkeypatch):
+    for has_bf16, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(quantize_mod, "cpu_has_bf16", lambda has=has_bf16: has)
+        assert quantize_mod.attention_dtype("auto") is dtype
+    assert quantize_mod.attention_dtype("fp32") is None
+    with pytest.raises(VitkitError, match="unknown attention dtype 'fp16'"):
+        quantize_mod.attention_dtype("fp16")
 
 
 def test_static_int8_refuses_bad_calibration():

@@ -93,6 +93,21 @@ def host_memory_kept() -> bool:
     return _host_memory_kept
 
 
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of this CPU from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), not by emulation."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (the CPU for a model without parameters)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))

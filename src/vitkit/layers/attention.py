@@ -46,17 +46,21 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.capture = False
         self.last_attn: torch.Tensor | None = None
+        self.core_dtype: torch.dtype | None = None  # dtype of q k^T, softmax and the product with v (None: q's)
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         q, k = self.q_norm(q[:, :, :num_queries]), self.k_norm(k)  # queries: the first n tokens (all if None)
+        dtype = q.dtype
+        if self.core_dtype is not None:  # e.g. bf16 attention between static int8 Linears
+            q, k, v = q.to(self.core_dtype), k.to(self.core_dtype), v.to(self.core_dtype)
         if self.capture or explicit_is_faster(q):
             x, attn = explicit_attention(q, k, v, self.attn_drop if self.training else 0.0)
             if self.capture:
                 self.last_attn = attn.detach()
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, -1, d)  # (B, N or n, D)
+        x = x.transpose(1, 2).reshape(b, -1, d).to(dtype)  # (B, N or n, D)
         return self.proj_drop(self.proj(x))

@@ -12,12 +12,17 @@ PyTorch 2 export quantization (PT2E, from the ``torchao`` package):
 5. ``torch.compile`` with inductor *freezing* folds the weights into the graph and lowers each
    dequantize -> Linear -> quantize pattern to oneDNN's int8 kernels (``qlinear_pointwise``).
 
+On a CPU with bf16 instructions (AVX512-BF16 or AMX-BF16), attention itself (q k^T, softmax, times v)
+runs in bf16 between the int8 Linears (``attention="bf16"``, chosen by ``"auto"``): the PT2E flow has no
+int8 attention kernel for the CPU, and bf16 halves the attention's time there against fp32.
+
 CPUs without VNNI (AVX2-only x86) multiply uint8 x int8 through 16-bit intermediate sums that
 saturate for full-range activations, so there the activations use 7 bits (``reduce_range``),
 as the quantizer's documentation advises.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 
@@ -25,7 +30,11 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from vitkit.engine.device import cpu_has_bf16
 from vitkit.errors import VitkitError
+from vitkit.layers.attention import Attention
+
+ATTENTION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 class _Frozen(nn.Module):
@@ -50,9 +59,36 @@ def _pt2e():
     return prepare_pt2e, convert_pt2e, xiq
 
 
-def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor]) -> torch.fx.GraphModule:
+def attention_dtype(attention: str = "auto") -> torch.dtype | None:
+    """The attention core's dtype in a static int8 model: ``auto`` = bf16 where the CPU has bf16
+    instructions, else fp32 (None: the dtype of the activations)."""
+    if attention == "auto":
+        attention = "bf16" if cpu_has_bf16() else "fp32"
+    if attention not in ATTENTION_DTYPES:
+        raise VitkitError(f"unknown attention dtype '{attention}'; use auto, {', '.join(ATTENTION_DTYPES)}")
+    return ATTENTION_DTYPES[attention]
+
+
+@contextlib.contextmanager
+def _attention_core(model: nn.Module, dtype: torch.dtype | None):
+    """Every ViT attention layer of ``model`` computes its core in ``dtype`` while the graph is captured."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    before = [m.core_dtype for m in layers]
+    for m in layers:
+        m.core_dtype = dtype
+    try:
+        yield
+    finally:
+        for m, d in zip(layers, before, strict=True):
+            m.core_dtype = d
+
+
+def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor],
+                        attention: str = "auto") -> torch.fx.GraphModule:
     """Steps 1-4: the calibrated, converted graph (quantize / dequantize ops with constant scales).
-    ``calib_batches``: image batches (B, C, H, W) with B >= 2, the first one also traced."""
+    ``calib_batches``: image batches (B, C, H, W) with B >= 2, the first one also traced.
+    ``attention``: the dtype of the attention core (``auto``, ``bf16`` or ``fp32``; :func:`attention_dtype`)."""
+    core = attention_dtype(attention)
     batches = list(calib_batches)
     if not batches:
         raise VitkitError("static int8 needs at least one calibration batch")
@@ -65,7 +101,8 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor])
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     with warnings.catch_warnings():  # export / observer notices
         warnings.simplefilter("ignore")
-        graph = torch.export.export(model, (batches[0],), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+        with _attention_core(model, core):
+            graph = torch.export.export(model, (batches[0],), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for x in batches:  # (B, C, H, W)
@@ -74,11 +111,12 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor])
 
 
 def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor], compile: bool = True,
-                         mode: str = "default") -> nn.Module:
+                         mode: str = "default", attention: str = "auto") -> nn.Module:
     """Static int8 inference model (steps 1-5); ``compile=False`` returns the eager reference graph.
     CPU only; inference only. The first call of the compiled model compiles it (tens of seconds;
-    minutes with ``mode="max-autotune"``, which also times inductor's own GEMM kernels)."""
-    converted = convert_static_int8(model, calib_batches)
+    minutes with ``mode="max-autotune"``, which also times inductor's own GEMM kernels).
+    ``attention``: the attention core's dtype (:func:`attention_dtype`)."""
+    converted = convert_static_int8(model, calib_batches, attention)
     if not compile:
         return converted
     return compile_frozen(converted, mode)
