@@ -121,6 +121,14 @@ def test_host_memory_quick(tmp_path):
     assert [r["kept"] for r in rows] == [False, platform.libc_ver()[0] == "glibc"] * 2  # each process's own setting
 
 
+def test_attention_kernels_quick(tmp_path):
+    rows = load("attention_kernels").main(["--quick", "--out", str(tmp_path)])
+    shapes, raw = _outputs(tmp_path, "attention_kernels")
+    assert shapes == [(6, 4)] and [(r["dtype"], r["step"]) for r in raw["rows"]] == [
+        ("fp32", "infer"), ("fp32", "train"), ("bf16", "infer"), ("bf16", "train")]
+    assert all(r["fused"] > 0 and r["explicit"] > 0 for r in rows)
+
+
 def test_ablations_merge_pools_seeds(tmp_path):
     ab = load("ablations")
     for seed, acc in ((0, 0.5), (1, 0.7)):

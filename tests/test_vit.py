@@ -234,7 +234,8 @@ def test_prefix_only_last_block_gives_the_full_path_logits_with_less_work(name, 
 
 def test_bf16_on_cpu_forms_the_attention_matrix_within_bf16_rounding(monkeypatch):
     """bf16 on the CPU attends through the explicit matrix (two bf16 matmuls, faster there than torch's fused
-    kernel); fp32 keeps the fused kernel. Error bound of the explicit bf16 path against exact (fp64) attention
+    kernel), and so does fp32 with at most 32 keys; fp32 with more keys keeps the fused kernel.
+    Error bound of the explicit bf16 path against exact (fp64) attention
     on the same bf16 q, k, v, with u = 2^-8 (bf16's unit roundoff) and fp32 accumulation in the matmuls:
     scores are rounded once (|ds| <= u|s|), which moves each softmax weight by at most a factor
     exp(2u max|s|) ~ 1 + 2u max|s|; the weights are rounded once (u); the output, a weighted mean of v,
@@ -254,9 +255,11 @@ def test_bf16_on_cpu_forms_the_attention_matrix_within_bf16_rounding(monkeypatch
     fused = F.scaled_dot_product_attention
     monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
     layer = attn_mod.Attention(32, 4).eval()
-    x = torch.randn(2, 9, 32)
+    many = torch.randn(2, attn_mod.EXPLICIT_FP32_MAX_TOKENS + 1, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = layer(x)
+        low = layer(many)
     assert calls == [] and low.dtype == torch.bfloat16
-    layer(x)
+    layer(many[:, :attn_mod.EXPLICIT_FP32_MAX_TOKENS])
+    assert calls == []
+    layer(many)
     assert calls == [1]

@@ -5,11 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+EXPLICIT_FP32_MAX_TOKENS = 32  # fp32 on the CPU: the explicit matrix wins up to here (benchmarks/attention_kernels.py)
 
-def explicit_is_faster(q: torch.Tensor) -> bool:
-    """bf16 on the CPU: the explicit attention matrix beats ``scaled_dot_product_attention`` (whose CPU
-    kernel is faster in fp32, and on GPUs in every dtype). Under torch.fx tracing (no dtype yet): the fused kernel."""
-    return not isinstance(q, torch.fx.Proxy) and q.device.type == "cpu" and q.dtype == torch.bfloat16
+
+def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the explicit attention matrix beats ``scaled_dot_product_attention`` here: on the CPU in bf16
+    (1.5-2.5x at 65-577 tokens), and in fp32 for at most 32 keys (1.3x at 16); torch's fused kernel
+    everywhere else (fp32 at 122-577 tokens, and GPUs)."""
+    if q.device.type != "cpu":
+        return False
+    return q.dtype == torch.bfloat16 or (q.dtype == torch.float32 and k.shape[-2] <= EXPLICIT_FP32_MAX_TOKENS)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -19,14 +24,23 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.dropout(attn, dropout, dropout > 0) @ v, attn
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v through the faster kernel for these tensors (:func:`explicit_is_faster`)."""
+    if explicit_is_faster(q, k):
+        return explicit_attention(q, k, v, dropout)[0]
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+torch.fx.wrap("attend")  # torch.fx traces keep the call, so the kernel is chosen when the graph runs
+
+
 class Attention(nn.Module):
     """MSA(z) = concat_h softmax(q_h k_h^T / sqrt(d)) v_h, then a linear projection.
 
     The fused SDPA kernel computes it, except in two cases where the attention matrix is formed
     explicitly (two batched matmuls around a softmax): when ``capture`` is set (by the explain tools),
-    which keeps the matrix in ``last_attn`` (B, heads, n, N); and for bf16 on the CPU, where torch's
-    fused CPU kernel is 1.6x (forward) to 2.7x (forward + backward) slower than the two bf16 matmuls
-    for ViT-S/16's 197 tokens (:func:`explicit_is_faster`; measured in docs/explain_export_bench.md).
+    which keeps the matrix in ``last_attn`` (B, heads, n, N); and on the CPU where that is faster than
+    torch's fused kernel: bf16, and fp32 with few tokens (:func:`explicit_is_faster`).
     With ``num_queries=n`` only the first n tokens query (keys and values still come from all
     N tokens): the output is (B, n, D), the first n rows of the full output.
     """
@@ -55,12 +69,14 @@ class Attention(nn.Module):
         q, k = self.q_norm(q[:, :, :num_queries]), self.k_norm(k)  # queries: the first n tokens (all if None)
         dtype = q.dtype
         if self.core_dtype is not None:  # e.g. bf16 attention between static int8 Linears
-            q, k, v = q.to(self.core_dtype), k.to(self.core_dtype), v.to(self.core_dtype)
-        if self.capture or explicit_is_faster(q):
-            x, attn = explicit_attention(q, k, v, self.attn_drop if self.training else 0.0)
-            if self.capture:
-                self.last_attn = attn.detach()
+            q, k, v = q.to(self.core_dtype), k.to(self.core_dtype), v.to(self.core_dtype)  # back to dtype below
+        dropout = self.attn_drop if self.training else 0.0
+        if self.capture:
+            x, attn = explicit_attention(q, k, v, dropout)
+            self.last_attn = attn.detach()
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, -1, d).to(dtype)  # (B, N or n, D)
+            x = attend(q, k, v, dropout)
+        x = x.transpose(1, 2).reshape(b, -1, d)  # (B, N or n, D)
+        if self.core_dtype is not None:
+            x = x.to(dtype)
         return self.proj_drop(self.proj(x))
