@@ -1,4 +1,4 @@
-"""Small shared helpers for layers: pairs, the stochastic-depth ramp, gradient checkpointing."""
+"""Small shared helpers for layers: pairs, the stochastic-depth ramp, gradient checkpointing, temporary flags."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -21,6 +21,20 @@ def drop_path_ramp(rate: float, n: int) -> list[float]:
     """Stochastic-depth rates of ``n`` residual blocks (Huang et al. 2016): linear from 0 at the
     first block to ``rate`` at the last."""
     return [rate * i / max(n - 1, 1) for i in range(n)]
+
+
+@contextmanager
+def attributes_set(modules: list[nn.Module], name: str, value):
+    """Set attribute ``name`` of every module to ``value`` for the duration; each module's own value is
+    restored on exit."""
+    before = [getattr(m, name) for m in modules]
+    try:
+        for m in modules:
+            setattr(m, name, value)
+        yield modules
+    finally:
+        for m, old in zip(modules, before, strict=True):
+            setattr(m, name, old)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.layers.helpers import attributes_set
 from vitkit.tools.rollout import Fusion, attention_rollout, rollout_to_patches
 
 
@@ -26,14 +27,11 @@ def capture_attention(model: nn.Module) -> Iterator[list[nn.Module]]:
     Yields the capturing modules in forward order; their ``last_attn`` is cleared on exit.
     """
     mods = [m for m in model.modules() if isinstance(getattr(m, "capture", None), bool)]
-    before = [m.capture for m in mods]
     try:
-        for m in mods:
-            m.capture = True
-        yield mods
+        with attributes_set(mods, "capture", True):
+            yield mods
     finally:
-        for m, flag in zip(mods, before, strict=True):
-            m.capture = flag
+        for m in mods:
             m.last_attn = None
 
 

@@ -22,7 +22,6 @@ as the quantizer's documentation advises.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterable
 
@@ -33,6 +32,7 @@ from torch import nn
 from vitkit.engine.device import cpu_has_bf16
 from vitkit.errors import VitkitError
 from vitkit.layers.attention import Attention
+from vitkit.layers.helpers import attributes_set
 
 ATTENTION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -69,20 +69,6 @@ def attention_dtype(attention: str = "auto") -> torch.dtype | None:
     return ATTENTION_DTYPES[attention]
 
 
-@contextlib.contextmanager
-def _attention_core(model: nn.Module, dtype: torch.dtype | None):
-    """Every ViT attention layer of ``model`` computes its core in ``dtype`` while the graph is captured."""
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
-    before = [m.core_dtype for m in layers]
-    for m in layers:
-        m.core_dtype = dtype
-    try:
-        yield
-    finally:
-        for m, d in zip(layers, before, strict=True):
-            m.core_dtype = d
-
-
 def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor],
                         attention: str = "auto") -> torch.fx.GraphModule:
     """Steps 1-4: the calibrated, converted graph (quantize / dequantize ops with constant scales).
@@ -101,7 +87,8 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor],
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     with warnings.catch_warnings():  # export / observer notices
         warnings.simplefilter("ignore")
-        with _attention_core(model, core):
+        layers = [m for m in model.modules() if isinstance(m, Attention)]
+        with attributes_set(layers, "core_dtype", core):  # each attention core in `core` while captured
             graph = torch.export.export(model, (batches[0],), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
