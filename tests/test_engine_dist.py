@@ -32,7 +32,9 @@ def _free_port() -> int:
 
 def _join(rank: int, port: int, timeout_s: float | None = None) -> None:
     """Join a 2-process gloo group (kept for all the runs this process makes); ``timeout_s``: a
-    collective that waits longer fails instead of hanging."""
+    collective that waits longer fails instead of hanging. Each worker passes a barrier before it destroys
+    the group, so that no rank tears gloo down while its peer may still be finishing the last collective
+    (a worker of a full-suite run once aborted at that point: "terminate called without an active exception")."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -74,6 +76,7 @@ def _eval_worker(rank: int, port: int, out: str) -> None:
         result = _evaluate_all(D.setup("cpu"))
         with open(f"{out}.{rank}", "w") as fh:
             json.dump(result, fh)
+        torch.distributed.barrier()  # leave together (see _join)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -126,6 +129,7 @@ def _fsdp_worker(rank: int, port: int, root: str) -> None:
         finally:
             trainer.train_one_epoch = original
         trainer.train(_fsdp_cfg(f"{root}/cut"), resume=True)
+        torch.distributed.barrier()  # leave together (see _join)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -166,6 +170,7 @@ def _budget_worker(rank: int, port: int, root: str) -> None:
         trainer.train(resolve(RunConfig(model="vit_test"), sets))
         with open(f"{root}/readings.{rank}", "w") as fh:
             json.dump(readings["n"], fh)
+        torch.distributed.barrier()  # leave together (see _join)
     finally:
         torch.distributed.destroy_process_group()
 
