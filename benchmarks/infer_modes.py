@@ -1,4 +1,5 @@
-"""Top-1 and speed of each inference mode (fp32, bf16, dynamic int8, static int8; eager / compiled).
+"""Top-1 and speed of each inference mode (fp32, bf16, dynamic int8, static int8 with fp32 or bf16
+between its int8 layers; eager / compiled).
 
     python benchmarks/infer_modes.py RUN_DIR                         # a Fashion-MNIST run of `vitkit train`
     python benchmarks/infer_modes.py RUN_DIR --modes fp32 int8 int8-static --compile off
@@ -8,7 +9,8 @@
 1. Accuracy: the run's model evaluates its test set in each mode; each row reports top-1, its
    difference from fp32 eager, and images/s over the test set (full batches after the first, which
    pays for compiling). Static int8 is calibrated on ``--calib`` training images (seeded choice);
-   uncompiled, it is the fp32 reference of the int8 arithmetic (quantize / dequantize ops).
+   uncompiled, it is the fp32 reference of the int8 arithmetic (quantize / dequantize ops);
+   int8-static-bf16 (bf16 between the int8 layers) has a compiled row only.
 2. Speed (``--speed-model``): images/s of each vitkit mode against timm's equivalent model, fp32 eager
    and its fastest mode (compiled fp32, dynamic int8, static int8 through the same quantizer), all
    interleaved in rounds in one process on one random batch, as ratios.
@@ -42,7 +44,8 @@ from vitkit.tools.quantize import compile_frozen, quantize_static_int8
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-MODES = ("fp32", "bf16", "int8", "int8-static")
+MODES = ("fp32", "bf16", "int8", "int8-static", "int8-static-bf16")
+STATIC = ("int8-static", "int8-static-bf16")  # always compiled (int8 kernels); uncompiled only as a reference
 COMPILES = {"both": (False, True), "off": (False,), "on": (True,)}
 
 
@@ -50,8 +53,9 @@ def build_mode(model: torch.nn.Module, mode: str, compiled: bool, calib: list[to
                compile_mode: str = "default"):
     """(runnable, input dtype) of a copy of ``model`` in ``mode``."""
     m = copy.deepcopy(model).eval()
-    if mode == "int8-static":
-        return quantize_static_int8(m, calib, compile=compiled, mode=compile_mode), torch.float32
+    if mode in STATIC:
+        mixed = mode == "int8-static-bf16"
+        return quantize_static_int8(m, calib, compile=compiled, mode=compile_mode, mixed_bf16=mixed), torch.float32
     if mode == "bf16":
         m = m.to(torch.bfloat16)
     if mode == "int8":
@@ -89,11 +93,19 @@ def load_run(run_dir: str, args):
     return model, eval_loader(bundle.val, args.eval_batch_size), list(images.split(64))
 
 
+def accuracy_compiles(mode: str, compile: str) -> tuple[bool, ...]:
+    """Eager and / or compiled rows of ``mode``: int8-static-bf16 exists compiled only (its eager
+    reference is the int8-static graph)."""
+    if mode == "int8-static-bf16":
+        return () if compile == "off" else (True,)
+    return COMPILES[compile]
+
+
 def accuracy_rows(args) -> list[dict]:
     model, loader, calib = load_run(args.run_dir, args)
     rows = []
     for mode in args.modes:
-        for compiled in COMPILES[args.compile]:
+        for compiled in accuracy_compiles(mode, args.compile):
             torch._dynamo.reset()
             runnable, dtype = build_mode(model, mode, compiled, calib, args.compile_mode)
             top1, speed = evaluate_mode(runnable, dtype, loader)
@@ -112,13 +124,13 @@ def speed_plan(args) -> list[tuple[str, str, BenchConfig]]:
     plan = []
     compiles = COMPILES[args.compile]
     for mode in args.modes:
-        for compiled in ((True,) if mode == "int8-static" else compiles):  # static int8 always compiles
-            if mode == "int8-static" and args.compile == "off":
+        for compiled in ((True,) if mode in STATIC else compiles):  # static int8 always compiles
+            if mode in STATIC and args.compile == "off":
                 continue
             plan.append((f"vitkit {mode}{' compile' if compiled else ''}", "vitkit",
                          BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base, **modes[compiled])))
     timm = [("fp32", False)] + [("fp32", True)] * (True in compiles) + [("int8", False)] * ("int8" in args.modes)
-    timm += [("int8-static", True)] * ("int8-static" in args.modes and args.compile != "off")
+    timm += [(mode, True) for mode in STATIC if mode in args.modes and args.compile != "off"]
     for mode, compiled in timm:
         plan.append((f"timm {mode}{' compile' if compiled else ''}", "timm",
                      BenchConfig(args.speed_model, dtype=mode, compile=compiled, **base, **modes[compiled])))

@@ -3,11 +3,12 @@
     python benchmarks/profile_modes.py --model vit_small_patch16_224 --batch-size 32
     python benchmarks/profile_modes.py --model vit_test --modes fp32 int8 --steps train infer --quick
 
-For each mode (fp32, bf16, dynamic int8, static int8) and step (inference; a training step:
-forward, cross-entropy, backward, SGD update, fp32 or bf16 autocast), the step runs ``--warmup``
-times untimed (static int8 compiles there), then ``--iters`` times under ``torch.profiler``; the
-table lists the ``--top`` operators by self CPU time (time inside the operator itself, not its
-callees) with their share of the profiled total and their call count. int8 modes are inference only.
+For each mode (fp32, bf16, dynamic int8, static int8, static int8 with bf16 between its int8 layers)
+and step (inference; a training step: forward, cross-entropy, backward, SGD update, fp32 or bf16
+autocast), the step runs ``--warmup`` times untimed (static int8 compiles there), then ``--iters``
+times under ``torch.profiler``; the table lists the ``--top`` operators by self CPU time (time inside
+the operator itself, not its callees) with their share of the profiled total and their call count.
+int8 modes are inference only.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from vitkit import create_model
 from vitkit.tools.bench import BenchConfig, input_batch, make_step, prepare
 
-MODES = ("fp32", "bf16", "int8", "int8-static")
+MODES = ("fp32", "bf16", "int8", "int8-static", "int8-static-bf16")
 STEPS = ("infer", "train")
 
 

@@ -198,15 +198,23 @@ def test_int8_static_peak_is_its_own_kernel(monkeypatch):
     assert calls == [torch.Size([2, 1, 32, 64])]
 
 
-def test_int8_static_runs_compiled_and_counts_fp32_flops():
-    """int8-static bench: the calibrated, compiled int8 model runs; FLOPs and parameter count are
-    the fp32 model's; training, channels-last and non-CPU devices are refused."""
+def test_int8_static_runs_compiled_and_counts_fp32_flops(monkeypatch):
+    """int8-static(-bf16) bench: the calibrated, compiled int8 model runs (-bf16: with the ops between
+    the int8 layers in bf16); FLOPs and parameter count are the fp32 model's; training, channels-last
+    and non-CPU devices are refused."""
     pytest.importorskip("torchao")
+    from vitkit.tools import bench
+
+    mixed, real = [], bench.quantize_static_int8
+    monkeypatch.setattr(bench, "quantize_static_int8",
+                        lambda m, b, **k: mixed.append(k["mixed_bf16"]) or real(m, b, **k))
     cfg = dict(batch_size=2, iters=1, warmup=0, memory=False, overrides={"depth": 1})
     fp32 = run_bench(BenchConfig("vit_test", **cfg), 1e11)[0]
-    static = run_bench(BenchConfig("vit_test", dtype="int8-static", **cfg), 1e11)[0]
-    assert static.flops_per_step == fp32.flops_per_step > 0 and static.params == fp32.params
-    assert static.imgs_per_s > 0
+    for dtype in ("int8-static", "int8-static-bf16"):
+        static = run_bench(BenchConfig("vit_test", dtype=dtype, **cfg), 1e11)[0]
+        assert static.flops_per_step == fp32.flops_per_step > 0 and static.params == fp32.params
+        assert static.imgs_per_s > 0
+    assert mixed == [False, True]
     for bad in (dict(train=True), dict(channels_last=True)):
         with pytest.raises(VitkitError, match="inference only"):
             BenchConfig("vit_test", dtype="int8-static", **bad).validate()

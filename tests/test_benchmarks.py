@@ -181,6 +181,19 @@ def test_transfer_quick(tmp_path, fake_fmnist):
     assert all(0.0 <= r["acc"] <= 1.0 for r in raw["rows"]) and 0.0 <= raw["pretrain_acc"] <= 1.0
 
 
+def test_infer_modes_plan_runs_static_modes_compiled_for_both_libraries():
+    """Static int8 rows are compiled only (int8 kernels); timm runs each static mode asked for, so
+    "timm's fastest" includes them; int8-static-bf16 has no eager accuracy row."""
+    infer = load("infer_modes")
+    args = infer.parse(["--speed-model", "vit_test", "--modes", "fp32", "int8-static", "int8-static-bf16"])
+    assert [label for label, _, _ in infer.speed_plan(args)] == [
+        "vitkit fp32", "vitkit fp32 compile", "vitkit int8-static compile", "vitkit int8-static-bf16 compile",
+        "timm fp32", "timm fp32 compile", "timm int8-static compile", "timm int8-static-bf16 compile"]
+    assert infer.accuracy_compiles("int8-static-bf16", "both") == (True,)
+    assert infer.accuracy_compiles("int8-static-bf16", "off") == ()
+    assert infer.accuracy_compiles("int8-static", "both") == (False, True)
+
+
 def test_infer_modes_quick(tmp_path, fake_fmnist):
     """infer_modes.py on a tiny trained run: every mode's row (static int8 as its eager reference
     graph), deltas against fp32 eager, and the speed part against timm on a test preset."""

@@ -65,6 +65,36 @@ def test_static_int8_close_to_fp32_without_runtime_quantization(attention):
         assert converted(test[:5]).shape == (5, ref.shape[1])  # the batch size stays free
 
 
+def test_static_int8_mixed_bf16_runs_the_rest_in_bf16():
+    """int8-mixed-bf16: the compiled graph runs under bf16 autocast, so its generated code handles bf16
+    (the fp32-attention graph alone has none) while the matmuls stay oneDNN int8; the logits come back
+    in fp32. Tolerance: the int8 bound of the test above (10 % relative); bf16 adds a rounding of at most
+    2^-8 relative to each LayerNorm / GELU / residual output, a few per block, RMS well under 1 %."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = create_model("vit_test").eval()
+    calib, test = _batches(model, 4, 16, seed=1), _batches(model, 1, 32, seed=2)[0]
+    with torch.no_grad():
+        ref = model(test)  # (B, classes)
+        plain = "\n".join(run_and_get_code(quantize_static_int8(model, calib, attention="fp32"), test)[1])
+        torch._dynamo.reset()
+        mixed = quantize_static_int8(model, calib, attention="fp32", mixed_bf16=True)
+        out, code = run_and_get_code(mixed, test)
+    code = "\n".join(code)
+    assert "bfloat16" not in plain.lower() and "bfloat16" in code.lower()
+    assert "qlinear_pointwise" in code
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert float((out - ref).norm() / ref.norm()) < 0.10
+    with pytest.raises(VitkitError, match="compile=True"):
+        quantize_static_int8(model, calib, compile=False, mixed_bf16=True)
+    # bf16 attention casts leave export's fp32 dtype checks in the graph; autocast would trip them
+    checks = "aten._assert_tensor_metadata.default"
+    bf16_attention = convert_static_int8(model, calib, attention="bf16")
+    assert checks in graph_targets(bf16_attention)
+    assert checks not in graph_targets(quantize_mod.drop_dtype_asserts(bf16_attention))
+
+
 def test_static_int8_attention_dtype_follows_the_cpu(monkeypatch):
     for has_bf16, dtype in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(quantize_mod, "cpu_has_bf16", lambda has=has_bf16: has)

@@ -10,10 +10,11 @@ def add_arguments(p) -> None:
     p.add_argument("model", help="registered model name, save_pretrained dir or run dir")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-size", type=int, default=None, help="image size (default: the model's)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "int8", "int8-static"), default="fp32",
+    p.add_argument("--dtype", choices=("fp32", "bf16", "int8", "int8-static", "int8-static-bf16"), default="fp32",
                    help="bf16: bf16 weights for inference, bf16 autocast for training; "
                         "int8: dynamic int8 quantization of the Linear layers (inference only); "
-                        "int8-static: calibrated int8 Linear/Conv layers, compiled (inference only, needs torchao)")
+                        "int8-static: calibrated int8 Linear/Conv layers, compiled (inference only, needs torchao); "
+                        "int8-static-bf16: int8-static with the ops between the int8 layers in bf16 (CPUs with bf16)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
     p.add_argument("--train", action="store_true",
@@ -51,7 +52,7 @@ def _row(r, mem: bool) -> str:
 def _print(cfg, results, peak) -> None:
     r0 = results[0]
     mode = f"train (fwd+bwd+{cfg.optimizer}, {cfg.optim_impl})" if cfg.train else "inference"
-    compiled = "step" if cfg.compile_step else cfg.compile or cfg.dtype == "int8-static"  # static int8 compiles
+    compiled = "step" if cfg.compile_step else cfg.compile or cfg.dtype.startswith("int8-static")  # always compiled
     if cfg.compile_mode != "default":
         compiled = f"{compiled} ({cfg.compile_mode})"
     print(f"{cfg.model}: {mode}, batch {cfg.batch_size}, {cfg.dtype}, channels_last={cfg.channels_last}, "

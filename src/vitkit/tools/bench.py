@@ -43,8 +43,10 @@ from vitkit.registry import create_model
 from vitkit.tools.flops import flops_of
 from vitkit.tools.quantize import quantize_static_int8
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8, "int8-static": torch.int8}
-INT8 = ("int8", "int8-static")  # dynamic: activations quantized per batch; static: calibrated scales
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8, "int8-static": torch.int8,
+          "int8-static-bf16": torch.int8}
+STATIC = ("int8-static", "int8-static-bf16")  # calibrated scales, compiled; -bf16: the other ops in bf16
+INT8 = ("int8", *STATIC)  # dynamic: activations quantized per batch
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZERS = {"sgd": (torch.optim.SGD, {"lr": 1e-4, "momentum": 0.9}),
               "adamw": (torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.05})}
@@ -161,7 +163,7 @@ def static_int8_peak(n: int = 2048, reps: int = 5) -> float:
 
 def mode_peak(dtype: str, n: int = 2048, device: str = "cpu") -> float:
     """The peak that a ``--dtype`` mode's achieved FLOP/s is a fraction of (see :func:`matmul_peak`)."""
-    if dtype == "int8-static":
+    if dtype in STATIC:
         with warnings.catch_warnings():  # inductor's constant-folding notices
             warnings.simplefilter("ignore")
             return static_int8_peak(n)
@@ -211,9 +213,9 @@ class BenchConfig:
                               "included; use it without --compile (or --compile alone for inference)")
         if self.compile_mode not in COMPILE_MODES:
             raise VitkitError(f"unknown compile mode '{self.compile_mode}'; choose one of {', '.join(COMPILE_MODES)}")
-        if self.compile_mode != "default" and not (self.compile or self.compile_step or self.dtype == "int8-static"):
+        if self.compile_mode != "default" and not (self.compile or self.compile_step or self.dtype in STATIC):
             raise VitkitError(f"--compile-mode {self.compile_mode} needs something compiled: "
-                              "--compile, --compile-step or --dtype int8-static")
+                              "--compile, --compile-step or --dtype int8-static(-bf16)")
         if self.compare not in (None, "timm"):
             raise VitkitError(f"cannot compare with '{self.compare}'; the only reference is 'timm'")
 
@@ -290,8 +292,9 @@ def prepare(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> tuple[nn.Mod
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     if cfg.dtype == "int8":
         model = quantize_linear_int8(model)
-    if cfg.dtype == "int8-static":  # calibrated on the bench batch itself; always compiled (int8 kernels)
-        return quantize_static_int8(model, [x], mode=cfg.compile_mode), x, model
+    if cfg.dtype in STATIC:  # calibrated on the bench batch itself; always compiled (int8 kernels)
+        mixed = cfg.dtype == "int8-static-bf16"
+        return quantize_static_int8(model, [x], mode=cfg.compile_mode, mixed_bf16=mixed), x, model
     if cfg.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if cfg.compile and not cfg.train:

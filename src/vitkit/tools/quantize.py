@@ -16,6 +16,11 @@ On a CPU with bf16 instructions (AVX512-BF16 or AMX-BF16), attention itself (q k
 runs in bf16 between the int8 Linears (``attention="bf16"``, chosen by ``"auto"``): the PT2E flow has no
 int8 attention kernel for the CPU, and bf16 halves the attention's time there against fp32.
 
+``mixed_bf16=True`` is PyTorch's "int8-mixed-bf16" recipe: the compiled graph runs under bf16 autocast,
+so what is not an int8 matmul (LayerNorm, GELU, the residual adds, the dequantized outputs between
+layers) is bf16 instead of fp32: half the memory traffic of those memory-bound ops. Only for CPUs
+with bf16 instructions; elsewhere bf16 is emulated and slower.
+
 CPUs without VNNI (AVX2-only x86) multiply uint8 x int8 through 16-bit intermediate sums that
 saturate for full-range activations, so there the activations use 7 bits (``reduce_range``),
 as the quantizer's documentation advises.
@@ -40,13 +45,14 @@ ATTENTION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 class _Frozen(nn.Module):
     """Runs a compiled graph with inductor freezing on (compiling happens at the first call)."""
 
-    def __init__(self, compiled: nn.Module):
+    def __init__(self, compiled: nn.Module, mixed_bf16: bool = False):
         super().__init__()
-        self.compiled = compiled
+        self.compiled, self.mixed_bf16 = compiled, mixed_bf16
 
     def forward(self, x: torch.Tensor):
-        with inductor_config.patch(freezing=True):
-            return self.compiled(x)
+        with inductor_config.patch(freezing=True), torch.autocast("cpu", torch.bfloat16, enabled=self.mixed_bf16):
+            out = self.compiled(x)
+        return out.float() if self.mixed_bf16 and isinstance(out, torch.Tensor) else out  # fp32 logits
 
 
 def _pt2e():
@@ -98,23 +104,39 @@ def convert_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor],
 
 
 def quantize_static_int8(model: nn.Module, calib_batches: Iterable[torch.Tensor], compile: bool = True,
-                         mode: str = "default", attention: str = "auto") -> nn.Module:
+                         mode: str = "default", attention: str = "auto", mixed_bf16: bool = False) -> nn.Module:
     """Static int8 inference model (steps 1-5); ``compile=False`` returns the eager reference graph.
     CPU only; inference only. The first call of the compiled model compiles it (tens of seconds;
     minutes with ``mode="max-autotune"``, which also times inductor's own GEMM kernels).
-    ``attention``: the attention core's dtype (:func:`attention_dtype`)."""
+    ``attention``: the attention core's dtype (:func:`attention_dtype`); ``mixed_bf16``: the ops
+    between the int8 matmuls in bf16 (compiled only; see the module docstring)."""
     converted = convert_static_int8(model, calib_batches, attention)
     if not compile:
+        if mixed_bf16:
+            raise VitkitError("mixed_bf16 applies to the compiled model; use compile=True")
         return converted
-    return compile_frozen(converted, mode)
+    if mixed_bf16:
+        drop_dtype_asserts(converted)
+    return compile_frozen(converted, mode, mixed_bf16)
 
 
-def compile_frozen(model: nn.Module, mode: str = "default") -> nn.Module:
+def drop_dtype_asserts(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove ``torch.export``'s dtype checks (``aten._assert_tensor_metadata``, recorded at each ``.to``):
+    they pin the fp32 dtypes of the capture, which bf16 autocast changes on purpose. In place."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)
+    graph.recompile()
+    return graph
+
+
+def compile_frozen(model: nn.Module, mode: str = "default", mixed_bf16: bool = False) -> nn.Module:
     """``torch.compile`` for inference with inductor freezing: weights become graph constants, so
     they are prepacked once for oneDNN (fp32 / bf16) and int8 patterns lower to int8 kernels.
     Shapes are static (one compile per batch size): with a symbolic batch size, inductor's int8
-    convolution (a conv stem) expects the wrong memory layout in torch 2.14."""
-    return _Frozen(torch.compile(model, dynamic=False, mode=mode))
+    convolution (a conv stem) expects the wrong memory layout in torch 2.14. ``mixed_bf16``: run
+    under bf16 autocast, the logits returned in fp32."""
+    return _Frozen(torch.compile(model, dynamic=False, mode=mode), mixed_bf16)
 
 
 def graph_targets(graph: torch.fx.GraphModule) -> list[str]:
