@@ -217,13 +217,15 @@ def test_infer_modes_quick(tmp_path, fake_fmnist):
 def test_profile_modes_quick(capsys):
     """profile_modes.py: one top-operator table per mode and step (int8 modes: inference only)."""
     results = load("profile_modes").main(["--model", "vit_test", "--quick", "--top", "5"])
-    assert list(results) == ["fp32 infer", "bf16 infer", "int8 infer", "int8-static infer", "fp32 train", "bf16 train"]
+    assert list(results) == ["fp32 infer", "bf16 infer", "int8 infer", "int8-static infer", "int8-static-bf16 infer",
+                             "fp32 train", "bf16 train"]
     shapes = table_shapes(capsys.readouterr().out)
-    assert len(shapes) == 6 and all(cols == 4 and 1 <= n <= 5 for cols, n in shapes)
+    assert len(shapes) == 7 and all(cols == 4 and 1 <= n <= 5 for cols, n in shapes)
     for name, rows in results.items():
         times = [t for _, t, _ in rows]
         assert times == sorted(times, reverse=True) and times[0] > 0 and all(c >= 1 for _, _, c in rows), name
     ops = {mode: {op for op, _, _ in rows} for mode, rows in results.items()}
     assert "quantized::linear_dynamic" in ops["int8 infer"] and "aten::addmm" in ops["fp32 infer"]
-    assert any(op.startswith("onednn::qlinear") for op in ops["int8-static infer"])
+    assert all(any(op.startswith("onednn::qlinear") for op in ops[m]) for m in ("int8-static infer",
+                                                                                 "int8-static-bf16 infer"))
     assert "aten::convolution_backward" in ops["fp32 train"]
