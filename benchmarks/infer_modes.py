@@ -32,6 +32,7 @@ from vitkit.data import build_data
 from vitkit.engine.evaluate import eval_loader
 from vitkit.engine.run_config import load_run_config
 from vitkit.tools.bench import (
+    STATIC,
     BenchConfig,
     input_batch,
     interleaved_times,
@@ -45,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 MODES = ("fp32", "bf16", "int8", "int8-static", "int8-static-bf16")
-STATIC = ("int8-static", "int8-static-bf16")  # always compiled (int8 kernels); uncompiled only as a reference
 COMPILES = {"both": (False, True), "off": (False,), "on": (True,)}
 
 
